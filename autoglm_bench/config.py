@@ -1,0 +1,271 @@
+"""Structured-config schemas for every config group, and the checks Hydra cannot express.
+
+Hydra merges conf/config.yaml and the chosen group options onto :class:`RunConfig`, so an unknown
+key or a value of the wrong type already fails at composition. :func:`validate` adds the semantic
+checks (allowed names, ranges, cross-field rules) and turns every failure into a one-line
+:class:`ConfigError`. Nothing here imports torch or transformers: ``--cfg job`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+CONF_DIR = REPO_ROOT / "conf"
+TASKS_DIR = REPO_ROOT / "tasks"
+
+TASK_TYPES = ("multiple_choice", "generation")
+METRICS = {
+    "multiple_choice": ("acc", "acc_norm", "f1"),
+    "generation": ("exact_match",),
+}
+MODEL_KINDS = ("tiny_glm", "causal", "encoder")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEMO_SELECTIONS = ("random", "balanced")
+METHODS = ("evaluate",)
+SCORERS = ("batched", "naive")
+LOGGERS = ("none", "csv", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. Its message is one line naming the value and what is allowed."""
+
+
+@dataclass
+class SourceConfig:
+    hub: str | None = None  # Hugging Face dataset id, used when no data_dir is set
+    hub_config: str | None = None
+    local: str | None = None  # file pattern under data_dir; "{split}" is replaced by the split name
+
+
+@dataclass
+class GenerationConfig:
+    until: list[str] = field(default_factory=lambda: ["\n\n"])
+    max_new_tokens: int = 64
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    source: SourceConfig = field(default_factory=SourceConfig)
+    # role -> split name. "eval" is what gets scored; "train" (optional) supplies few-shot demos.
+    splits: dict[str, str] = field(default_factory=lambda: {"eval": "validation"})
+    type: str = "multiple_choice"
+    # Named Jinja2 templates rendering an example's context; prompt.template picks one.
+    templates: dict[str, str] = field(default_factory=dict)
+    # Jinja2 expression rendering the gold answer: a choice index (multiple_choice) or the answer text.
+    target: str = MISSING
+    choices: list[str] | None = None  # Jinja2 templates, one per answer choice (the verbalizer)
+    fewshot_target: str | None = None  # what a demo shows after its context; default: gold choice/target
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    answer_pattern: str | None = None  # generation: regex whose last match (group 1) is the answer
+    answer_ignore: list[str] = field(default_factory=list)  # regexes removed from answer and target
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    metrics: list[str] = field(default_factory=lambda: ["acc", "acc_norm"])
+    instructions: list[str] = field(default_factory=list)
+    id_field: str | None = None  # default: the row number within the split
+    hook: str | None = None  # "package.module:Class" implementing the TaskHook interface
+    options: dict[str, Any] = field(default_factory=dict)  # free-form settings for a hook
+
+
+@dataclass
+class TinyGlmConfig:
+    vocab_size: int = 4096
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    max_position_embeddings: int = 2048
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    kind: str = "causal"
+    path: str | None = None  # hub id or local folder
+    revision: str | None = None
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    trust_remote_code: bool = False
+    needs_remote_code: bool = False  # the checkpoint only loads with trust_remote_code
+    allow_pickle: bool = False  # load .bin weights (weights_only=True) when no safetensors exist
+    max_length: int = 2048
+    seed: int = 0  # tiny_glm: initialisation seed
+    tiny: TinyGlmConfig = field(default_factory=TinyGlmConfig)
+
+
+@dataclass
+class PromptConfig:
+    template: str = "default"
+    instruction: str | None = None
+    system: str | None = None
+    k_shot: int = 0
+    demo_selection: str = "random"
+    chat_template: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: str = "evaluate"
+    batch_size: int = 16
+    scorer: str = "batched"
+
+
+@dataclass
+class SearchConfig:
+    name: str = "none"
+    sampler: str | None = None
+    n_trials: int = 0
+    storage: str | None = None
+
+
+@dataclass
+class TrainerConfig:
+    name: str = "cpu"
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_epochs: int = 1
+    max_steps: int = -1
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "autoglm-bench"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "offline"
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    data_dir: str | None = None
+    seed: int = 0
+    limit: int | None = None
+
+
+def register_schemas() -> None:
+    """Register :class:`RunConfig` as ``base_config`` so conf/config.yaml can extend it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=RunConfig)
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/ (task options live in tasks/)."""
+    folder = TASKS_DIR if group == "task" else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _one_of(what: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def resolve_data_dir(data_dir: str | None) -> Path | None:
+    """``data_dir=`` wins, then $AUTOGLM_DATA_DIR; None means "use the hub"."""
+    raw = data_dir if data_dir not in (None, "") else os.environ.get("AUTOGLM_DATA_DIR") or None
+    return Path(raw).expanduser().resolve() if raw else None
+
+
+def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+    """Check a composed config and return it as a typed :class:`RunConfig`.
+
+    Raises :class:`ConfigError` with a one-line message for the first problem found.
+
+    >>> from omegaconf import OmegaConf
+    >>> validate(OmegaConf.structured(RunConfig(limit=-1)))  # doctest: +SKIP
+    ConfigError: limit must be >= 0, got -1
+    """
+    if isinstance(cfg, DictConfig):
+        try:
+            run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        except Exception as exc:  # an unresolved interpolation or missing mandatory value
+            raise ConfigError(one_line(exc)) from exc
+    else:
+        run = cfg
+    t, m, p = run.task, run.model, run.prompt
+
+    if run.limit is not None and run.limit < 1:
+        raise ConfigError(f"limit must be a positive number of examples (or null for all), got {run.limit}")
+    if run.method.batch_size < 1:
+        raise ConfigError(f"method.batch_size must be >= 1, got {run.method.batch_size}")
+    _one_of("method", run.method.name, METHODS)
+    _one_of("method.scorer", run.method.scorer, SCORERS)
+
+    _one_of(f"task.type of task {t.name!r}", t.type, TASK_TYPES)
+    for metric in t.metrics:
+        _one_of(f"metric for {t.type} task {t.name!r}", metric, METRICS[t.type])
+    if not t.templates:
+        raise ConfigError(f"task {t.name!r} defines no templates; add task.templates.default")
+    _one_of(f"prompt.template for task {t.name!r}", p.template, list(t.templates))
+    if "eval" not in t.splits:
+        raise ConfigError(f"task {t.name!r} has no 'eval' entry in splits; it has: {', '.join(t.splits)}")
+    if t.type == "multiple_choice" and not t.choices:
+        raise ConfigError(f"multiple_choice task {t.name!r} needs a non-empty choices list")
+    if t.answer_pattern is not None:
+        try:
+            re.compile(t.answer_pattern)
+        except re.error as exc:
+            raise ConfigError(f"task.answer_pattern {t.answer_pattern!r} is not a valid regex: {exc}") from exc
+    if t.hook is None and t.source.local is None and t.source.hub is None:
+        raise ConfigError(f"task {t.name!r} names no source (source.local, source.hub or a hook)")
+
+    if p.k_shot < 0:
+        raise ConfigError(f"prompt.k_shot must be >= 0, got {p.k_shot}")
+    if p.k_shot > 0 and "train" not in t.splits:
+        raise ConfigError(
+            f"prompt.k_shot={p.k_shot} needs a train split for demos, but task {t.name!r} has only: "
+            f"{', '.join(t.splits)}"
+        )
+    _one_of("prompt.demo_selection", p.demo_selection, DEMO_SELECTIONS)
+
+    _one_of("model.kind", m.kind, MODEL_KINDS)
+    _one_of("model.dtype", m.dtype, DTYPES)
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device):
+        raise ConfigError(f"unknown model.device {m.device!r}; allowed: auto, cpu, mps, cuda, cuda:N")
+    if m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
+        raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
+    if m.needs_remote_code and not m.trust_remote_code:
+        raise ConfigError(
+            f"model {m.name!r} ({m.path}) runs code from its repository; it stays off unless you pass "
+            "model.trust_remote_code=true"
+        )
+    if m.kind == "encoder" and run.method.name == "evaluate":
+        raise ConfigError(
+            f"model {m.name!r} is an encoder without a language-model head; method=evaluate needs a causal LM "
+            "(tiny_glm, glm4_9b, hf)"
+        )
+    if m.max_length < 2:
+        raise ConfigError(f"model.max_length must be >= 2, got {m.max_length}")
+
+    _one_of("logger", run.logger.name, LOGGERS)
+    _one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    return run
+
+
+def one_line(exc: BaseException) -> str:
+    """Collapse an exception message (Hydra/OmegaConf ones span lines) into one informative line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
+    return " ".join(keep or lines or [type(exc).__name__])

@@ -1,0 +1,64 @@
+"""method=evaluate: score the eval split with one fixed prompt and the task's metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .config import ConfigError, RunConfig, resolve_data_dir
+from .models import load_model
+from .prompts import prompt_text, render_examples
+from .scoring import generate_until, loglikelihood, loglikelihood_naive
+from .tasks import extract_answer, load_task
+
+
+def run_evaluate(run: RunConfig) -> dict[str, Any]:
+    """Load task, render prompts (every template error surfaces here), load the model, score.
+
+    Returns the method's part of the result record: metrics, predictions, timings, cost, device.
+    """
+    start = time.perf_counter()
+    task = load_task(run.task, resolve_data_dir(run.data_dir), run.limit)
+    examples = render_examples(task, run.prompt, run.seed)
+    lm = load_model(run.model)
+    if run.prompt.chat_template and not getattr(lm.tokenizer, "chat_template", None):
+        raise ConfigError(f"prompt.chat_template=true but model {run.model.name!r} has no chat template")
+    load_s = time.perf_counter() - start
+
+    chat_tokenizer = lm.tokenizer if run.prompt.chat_template else None
+    contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
+    batch_size = run.method.batch_size
+    if task.cfg.type == "multiple_choice":
+        # After a chat template's assistant header the answer starts the turn: no delimiter.
+        delimiter = "" if chat_tokenizer is not None else task.cfg.target_delimiter
+        requests = [(ctx, [delimiter + c for c in ex.choices]) for ctx, ex in zip(contexts, examples)]
+        if run.method.scorer == "naive":
+            lls, stats = loglikelihood_naive(lm, requests)
+        else:
+            lls, stats = loglikelihood(lm, requests, batch_size=batch_size)
+        predictions = [
+            {
+                "id": ex.id,
+                "target": ex.target,
+                "prediction": max(range(len(scores)), key=scores.__getitem__),
+                "scores": scores,
+                "choices": ex.choices,
+            }
+            for ex, scores in zip(examples, lls)
+        ]
+    else:
+        gen = task.cfg.generation
+        outputs, stats = generate_until(lm, contexts, gen.until, gen.max_new_tokens, batch_size=batch_size)
+        predictions = [
+            {"id": ex.id, "target": ex.target, "prediction": extract_answer(task.cfg, out), "output": out}
+            for ex, out in zip(examples, outputs)
+        ]
+    metrics = task.hook.score(predictions)
+    return {
+        "metrics": metrics,
+        "predictions": predictions,
+        "timings": {"load_s": load_s, "eval_s": stats.seconds, "train_s": None, "tokens_per_s": stats.tokens_per_s},
+        "cost": {"examples_scored": stats.examples, "tokens_processed": stats.tokens},
+        "device": lm.device,
+        "prompt_example": contexts[0] if contexts else None,
+    }

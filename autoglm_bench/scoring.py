@@ -1,0 +1,246 @@
+"""Scoring, the hot path: log-likelihood of answer choices, and greedy generation.
+
+Two request types, as in lm-evaluation-harness: ``loglikelihood`` (a context and its candidate
+continuations -> summed log-probability of each continuation) and ``generate_until``.
+
+The batched scorer runs each batch in (at most) two forward passes:
+
+1. the contexts, right-padded, once per example however many choices it has. Only the logits at
+   each context's last position are projected to the vocabulary (``logits_to_keep``), because for
+   a small model with GLM-4's 151k vocabulary the full-sequence projection is most of the cost;
+2. every choice's remaining continuation tokens, right-padded, on top of its own context's KV cache
+   (the cache rows are gathered per choice), so only continuation positions are projected.
+
+Requests are sorted by length, longest first, so padding is small and a memory error shows early.
+:func:`loglikelihood_naive` is the reference: one full forward pass per (context, continuation).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .models import LoadedModel
+
+
+@dataclass
+class ScoreStats:
+    """What a scoring call cost: examples, real (unpadded) tokens fed through the model, seconds."""
+
+    examples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Encoded:
+    context: list[int]
+    continuations: list[list[int]]
+
+
+def encode_request(lm: LoadedModel, context: str, continuations: list[str]) -> _Encoded:
+    """Token ids as lm-evaluation-harness forms them: trailing spaces of the context move to the
+    continuation, the continuation is what ``encode(context + continuation)`` adds after
+    ``encode(context)``, an empty context becomes the EOS token, and the context is cut from the left
+    so that context + longest continuation fits ``max_length``."""
+    tok = lm.tokenizer
+    stripped = context.rstrip(" ")
+    moved = context[len(stripped) :]
+    if stripped:
+        ctx = tok(stripped, add_special_tokens=False)["input_ids"]
+        conts = [tok(stripped + moved + c, add_special_tokens=False)["input_ids"][len(ctx) :] for c in continuations]
+    else:
+        ctx = [tok.eos_token_id]
+        conts = [tok(moved + c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if any(not c for c in conts):
+        raise ValueError(f"a continuation of context {context[-40:]!r} encodes to no tokens: {continuations}")
+    keep = max(1, lm.max_length - max(len(c) for c in conts))
+    return _Encoded(context=ctx[-keep:], continuations=conts)
+
+
+def loglikelihood(
+    lm: LoadedModel,
+    requests: list[tuple[str, list[str]]],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[list[float]], ScoreStats]:
+    """Summed log-probability of each continuation given its context, batched (see module docstring).
+
+    >>> lls, stats = loglikelihood(lm, [("Is it good? Answer:", [" yes", " no"])])  # doctest: +SKIP
+    >>> len(lls[0])
+    2
+    """
+    import torch
+
+    start = time.perf_counter()
+    encoded = [encode_request(lm, ctx, conts) for ctx, conts in requests]
+    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i].context) + max(map(len, encoded[i].continuations))))
+    results: list[list[float]] = [[] for _ in encoded]
+    stats = ScoreStats(examples=len(encoded))
+    bar = _progress(len(encoded), progress)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            batch = [encoded[i] for i in order[b : b + batch_size]]
+            for i, lls in zip(order[b : b + batch_size], _score_batch(lm, batch, stats)):
+                results[i] = lls
+            bar.update(len(batch))
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return results, stats
+
+
+def _score_batch(lm: LoadedModel, batch: list[_Encoded], stats: ScoreStats) -> list[list[float]]:
+    import torch
+
+    device, pad = lm.device, lm.tokenizer.pad_token_id
+    ctx_lens = torch.tensor([len(e.context) for e in batch], device=device)
+    ids, mask = _right_pad([e.context for e in batch], pad, device)
+    last = ctx_lens - 1
+    keep = torch.unique(last)  # logits only at the distinct last-context positions of this batch
+    out = lm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep)
+    first = torch.log_softmax(out.logits[torch.arange(len(batch), device=device), torch.searchsorted(keep, last)].float(), -1)
+    stats.tokens += int(ctx_lens.sum())
+
+    pairs = [(r, j) for r, e in enumerate(batch) for j in range(len(e.continuations))]
+    lls = {(r, j): float(first[r, batch[r].continuations[j][0]]) for r, j in pairs}
+    rest = [(r, j) for r, j in pairs if len(batch[r].continuations[j]) > 1]
+    if rest:
+        rows = torch.tensor([r for r, _ in rest], device=device)
+        cache = out.get("cache", None) or out.get("past_key_values")
+        cache.batch_select_indices(rows)  # one copy of each context's cache per choice
+        inputs = [batch[r].continuations[j][:-1] for r, j in rest]
+        cont_ids, cont_mask = _right_pad(inputs, pad, device)
+        positions = ctx_lens[rows, None] + torch.arange(cont_ids.shape[1], device=device)
+        step = lm.model(
+            input_ids=cont_ids,
+            attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
+            position_ids=positions,
+            **{_cache_kwarg(lm.model): cache},
+        )
+        logprobs = torch.log_softmax(step.logits.float(), -1)
+        targets, _ = _right_pad([batch[r].continuations[j][1:] for r, j in rest], 0, device)
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * cont_mask
+        for (r, j), value in zip(rest, picked.sum(-1).tolist()):
+            lls[(r, j)] += value
+        stats.tokens += sum(len(x) for x in inputs)
+    return [[lls[(r, j)] for j in range(len(e.continuations))] for r, e in enumerate(batch)]
+
+
+def loglikelihood_naive(
+    lm: LoadedModel, requests: list[tuple[str, list[str]]], progress: bool = True
+) -> tuple[list[list[float]], ScoreStats]:
+    """The reference scorer: one unbatched forward pass over context + continuation per choice, with
+    logits at every position, exactly as the textbook definition reads."""
+    import torch
+
+    start = time.perf_counter()
+    stats = ScoreStats(examples=len(requests))
+    results = []
+    bar = _progress(len(requests), progress)
+    with torch.inference_mode():
+        for ctx, conts in requests:
+            enc = encode_request(lm, ctx, conts)
+            lls = []
+            for cont in enc.continuations:
+                tokens = torch.tensor([(enc.context + cont)[:-1]], device=lm.device)
+                logprobs = torch.log_softmax(lm.model(input_ids=tokens).logits[0, -len(cont) :].float(), -1)
+                lls.append(float(logprobs[torch.arange(len(cont)), torch.tensor(cont, device=lm.device)].sum()))
+                stats.tokens += tokens.shape[1]
+            results.append(lls)
+            bar.update(1)
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return results, stats
+
+
+def generate_until(
+    lm: LoadedModel,
+    contexts: list[str],
+    until: list[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[str], ScoreStats]:
+    """Greedy continuation of each context, cut at the first stop string (which is not included)."""
+    import torch
+
+    start = time.perf_counter()
+    tok = lm.tokenizer
+    encoded = [tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for c in contexts]
+    max_ctx = max(1, lm.max_length - max_new_tokens)
+    encoded = [e[-max_ctx:] for e in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    outputs = [""] * len(contexts)
+    stats = ScoreStats(examples=len(contexts))
+    bar = _progress(len(contexts), progress)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            ids, mask = _left_pad([encoded[i] for i in idx], tok.pad_token_id, lm.device)
+            generated = lm.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                stop_strings=list(until) or None,
+                tokenizer=tok,
+            )[:, ids.shape[1] :]
+            for i, row in zip(idx, generated.tolist()):
+                text = tok.decode([t for t in row if t != tok.pad_token_id], skip_special_tokens=True)
+                outputs[i] = _cut(text, until)
+                stats.tokens += len(encoded[i]) + len(row)
+            bar.update(len(idx))
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return outputs, stats
+
+
+def _cut(text: str, until: list[str]) -> str:
+    for stop in until:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; accept either."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _right_pad(seqs: list[list[int]], pad: int, device: Any):
+    import torch
+
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _left_pad(seqs: list[list[int]], pad: int, device: Any):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ex", disable=None if enabled else True, dynamic_ncols=True, leave=False)
