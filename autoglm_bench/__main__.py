@@ -91,6 +91,11 @@ def describe_hydra_error(exc: BaseException) -> str:
         if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment"):
             return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
     cause = exc.__cause__
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key and cause.parent_node is not None:
+        allowed = ", ".join(str(k) for k in cause.parent_node.keys() if k != "hydra")
+        return f"unknown config key {cause.full_key!r}; allowed here: {allowed}"
     message = one_line(exc)
     if cause is not None and one_line(cause) not in message:
         message = f"{message}: {one_line(cause)}"

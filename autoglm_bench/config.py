@@ -177,9 +177,9 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def _one_of(what: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+def _one_of(what: str, value: Any, allowed: tuple[str, ...] | list[str], where: str = "") -> None:
     if value not in allowed:
-        raise ConfigError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"unknown {what} {value!r}{where}; allowed: {', '.join(allowed)}")
 
 
 def resolve_data_dir(data_dir: str | None) -> Path | None:
@@ -213,12 +213,12 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     _one_of("method", run.method.name, METHODS)
     _one_of("method.scorer", run.method.scorer, SCORERS)
 
-    _one_of(f"task.type of task {t.name!r}", t.type, TASK_TYPES)
+    _one_of("task.type", t.type, TASK_TYPES, f" in task {t.name!r}")
     for metric in t.metrics:
-        _one_of(f"metric for {t.type} task {t.name!r}", metric, METRICS[t.type])
+        _one_of("metric", metric, METRICS[t.type], f" for {t.type} task {t.name!r}")
     if not t.templates:
         raise ConfigError(f"task {t.name!r} defines no templates; add task.templates.default")
-    _one_of(f"prompt.template for task {t.name!r}", p.template, list(t.templates))
+    _one_of("prompt.template", p.template, list(t.templates), f" for task {t.name!r}")
     if "eval" not in t.splits:
         raise ConfigError(f"task {t.name!r} has no 'eval' entry in splits; it has: {', '.join(t.splits)}")
     if t.type == "multiple_choice" and not t.choices:
