@@ -171,6 +171,21 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="base_config", node=RunConfig)
 
 
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose and validate a run config from command-line style overrides, without running it.
+
+    >>> run = compose(["task=sst2", "prompt.k_shot=2"])
+    >>> run.task.name, run.prompt.k_shot
+    ('sst2', 2)
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return validate(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
 def group_options(group: str) -> list[str]:
     """The options of a config group: the YAML files in conf/<group>/ (task options live in tasks/)."""
     folder = TASKS_DIR if group == "task" else CONF_DIR / group

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .models import LoadedModel
@@ -43,24 +44,29 @@ class _Encoded:
     continuations: list[list[int]]
 
 
-def encode_request(lm: LoadedModel, context: str, continuations: list[str]) -> _Encoded:
+def encode_requests(lm: LoadedModel, requests: list[tuple[str, list[str]]]) -> list[_Encoded]:
     """Token ids as lm-evaluation-harness forms them: trailing spaces of the context move to the
-    continuation, the continuation is what ``encode(context + continuation)`` adds after
+    continuation, a continuation's tokens are what ``encode(context + continuation)`` adds after
     ``encode(context)``, an empty context becomes the EOS token, and the context is cut from the left
-    so that context + longest continuation fits ``max_length``."""
-    tok = lm.tokenizer
-    stripped = context.rstrip(" ")
-    moved = context[len(stripped) :]
-    if stripped:
-        ctx = tok(stripped, add_special_tokens=False)["input_ids"]
-        conts = [tok(stripped + moved + c, add_special_tokens=False)["input_ids"][len(ctx) :] for c in continuations]
-    else:
-        ctx = [tok.eos_token_id]
-        conts = [tok(moved + c, add_special_tokens=False)["input_ids"] for c in continuations]
-    if any(not c for c in conts):
-        raise ValueError(f"a continuation of context {context[-40:]!r} encodes to no tokens: {continuations}")
-    keep = max(1, lm.max_length - max(len(c) for c in conts))
-    return _Encoded(context=ctx[-keep:], continuations=conts)
+    so that context + longest continuation fits ``max_length``. One tokenizer call for all strings."""
+    texts: list[str] = []
+    for context, continuations in requests:
+        stripped = context.rstrip(" ")
+        texts.append(stripped)
+        texts.extend(context + c for c in continuations)
+    ids = iter(lm.tokenizer(texts, add_special_tokens=False)["input_ids"])
+    encoded = []
+    for context, continuations in requests:
+        ctx = next(ids)
+        whole = [next(ids) for _ in continuations]
+        conts = [w[len(ctx) :] for w in whole]
+        if not ctx:
+            ctx = [lm.tokenizer.eos_token_id]
+        if any(not c for c in conts):
+            raise ValueError(f"a continuation of context {context[-40:]!r} encodes to no tokens: {continuations}")
+        keep = max(1, lm.max_length - max(len(c) for c in conts))
+        encoded.append(_Encoded(context=ctx[-keep:], continuations=conts))
+    return encoded
 
 
 def loglikelihood(
@@ -78,7 +84,7 @@ def loglikelihood(
     import torch
 
     start = time.perf_counter()
-    encoded = [encode_request(lm, ctx, conts) for ctx, conts in requests]
+    encoded = encode_requests(lm, requests)
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i].context) + max(map(len, encoded[i].continuations))))
     results: list[list[float]] = [[] for _ in encoded]
     stats = ScoreStats(examples=len(encoded))
@@ -107,7 +113,9 @@ def _score_batch(lm: LoadedModel, batch: list[_Encoded], stats: ScoreStats) -> l
     stats.tokens += int(ctx_lens.sum())
 
     pairs = [(r, j) for r, e in enumerate(batch) for j in range(len(e.continuations))]
-    lls = {(r, j): float(first[r, batch[r].continuations[j][0]]) for r, j in pairs}
+    pair_rows = torch.tensor([r for r, _ in pairs], device=device)
+    first_tokens = torch.tensor([batch[r].continuations[j][0] for r, j in pairs], device=device)
+    lls = dict(zip(pairs, first[pair_rows, first_tokens].tolist()))
     rest = [(r, j) for r, j in pairs if len(batch[r].continuations[j]) > 1]
     if rest:
         rows = torch.tensor([r for r, _ in rest], device=device)
@@ -120,7 +128,7 @@ def _score_batch(lm: LoadedModel, batch: list[_Encoded], stats: ScoreStats) -> l
             input_ids=cont_ids,
             attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
             position_ids=positions,
-            **{_cache_kwarg(lm.model): cache},
+            **{_cache_kwarg(type(lm.model)): cache},
         )
         logprobs = torch.log_softmax(step.logits.float(), -1)
         targets, _ = _right_pad([batch[r].continuations[j][1:] for r, j in rest], 0, device)
@@ -143,8 +151,7 @@ def loglikelihood_naive(
     results = []
     bar = _progress(len(requests), progress)
     with torch.inference_mode():
-        for ctx, conts in requests:
-            enc = encode_request(lm, ctx, conts)
+        for enc in encode_requests(lm, requests):
             lls = []
             for cont in enc.continuations:
                 tokens = torch.tensor([(enc.context + cont)[:-1]], device=lm.device)
@@ -209,35 +216,33 @@ def _cut(text: str, until: list[str]) -> str:
     return text
 
 
-def _cache_kwarg(model: Any) -> str:
+@lru_cache(maxsize=None)
+def _cache_kwarg(model_class: type) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; accept either."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _right_pad(seqs: list[list[int]], pad: int, device: Any):
-    import torch
-
-    width = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids.to(device), mask.to(device)
+    return _pad(seqs, pad, device, left=False)
 
 
 def _left_pad(seqs: list[list[int]], pad: int, device: Any):
+    return _pad(seqs, pad, device, left=True)
+
+
+def _pad(seqs: list[list[int]], pad: int, device: Any, left: bool):
+    """(ids, attention mask) tensors for token lists padded to the longest (at least 1 column)."""
     import torch
 
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[r, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
+    width = max(1, max(len(s) for s in seqs))
+    ids, mask = [], []
+    for s in seqs:
+        fill = width - len(s)
+        ids.append([pad] * fill + s if left else s + [pad] * fill)
+        mask.append([0] * fill + [1] * len(s) if left else [1] * len(s) + [0] * fill)
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
 
 
 def _progress(total: int, enabled: bool):

@@ -1,0 +1,24 @@
+"""``python -m autoglm_bench.bench {scoring} [options]``: run one benchmark (``--help`` for each)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "scoring": "autoglm_bench.bench.scoring",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m autoglm_bench.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="name", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
+    for name, module in BENCHMARKS.items():
+        bench = importlib.import_module(module)
+        bench.add_arguments(sub.add_parser(name, help=bench.__doc__.splitlines()[0], description=bench.__doc__))
+    args = parser.parse_args(argv)
+    importlib.import_module(BENCHMARKS[args.name]).run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Shared fixtures: a session-wide cache for tiny_glm, the offline data folder, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("AUTOGLM_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """tiny_glm is built once per test session into a private cache (also used by CLI subprocesses)."""
+    path = Path(os.environ.get("AUTOGLM_TEST_CACHE") or tmp_path_factory.mktemp("autoglm_cache"))
+    os.environ["AUTOGLM_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real offline datasets (../shared/data, or $AUTOGLM_DATA_DIR); tests needing them skip without."""
+    if not (DATA_DIR / "sst2" / "validation.jsonl").is_file():
+        pytest.skip(f"real datasets not found in {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(model_cache):
+    from autoglm_bench.config import ModelConfig
+    from autoglm_bench.models import load_model
+
+    return load_model(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, module: str = "autoglm_bench", env: dict | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m autoglm_bench ARGS`` the way a user would; returns the completed process."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
