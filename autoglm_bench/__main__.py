@@ -19,8 +19,12 @@ from .config import CONF_DIR, ConfigError, RunConfig, group_options, one_line, r
 register_schemas()
 
 
-def run_method(run: RunConfig) -> dict[str, Any]:
-    """Dispatch to the method's implementation (imported lazily: torch loads only for real work)."""
+def run_method(run: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Dispatch to the method's implementation (imported lazily: torch loads only for real work).
+
+    Each returns its part of the result record: metrics, predictions, timings, cost and ``device``
+    (popped before writing), plus any method-specific fields.
+    """
     if run.method.name == "evaluate":
         from .evaluate import run_evaluate
 
@@ -51,7 +55,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     try:
-        out = run_method(run)
+        out = run_method(run, run_dir)
     except ConfigError:
         raise
     except Exception as exc:
