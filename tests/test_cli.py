@@ -1,0 +1,97 @@
+"""The command line as a user meets it: quickstart, --help, --cfg job, real tasks, loggers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoglm_bench.results import RESULT_FIELDS
+
+from .conftest import read_results, run_cli
+
+
+def test_quickstart_writes_a_complete_result(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("+experiment=quickstart", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "acc=" in proc.stdout and f"run dir: {run_dir}" in proc.stdout
+    result = read_results(run_dir)
+    assert set(RESULT_FIELDS) <= set(result)
+    assert result["schema"] == 1 and result["status"] == "completed"
+    assert result["task"] == "toy_sentiment" and result["model"] == "tiny_glm" and result["method"] == "evaluate"
+    assert len(result["predictions"]) == 200 == result["cost"]["examples_scored"]
+    assert {"id", "prediction", "target", "scores"} <= set(result["predictions"][0])
+    acc = sum(p["prediction"] == p["target"] for p in result["predictions"]) / 200
+    assert result["metrics"]["acc"] == pytest.approx(acc)  # the metric is what the predictions say
+    assert result["config"]["model"]["tiny"]["hidden_size"] == 64  # the resolved config
+    assert result["timings"]["eval_s"] > 0 and result["timings"]["tokens_per_s"] > 0
+    assert result["cost"]["tokens_processed"] > 0
+    assert {"python", "torch", "transformers", "device", "git_commit"} <= set(result["env"])
+    assert (run_dir / "metrics.csv").read_text().startswith("task,model,method,seed,acc,acc_norm")
+    assert not list(run_dir.glob(".results.json*"))  # no temporary file left behind
+
+
+def test_cfg_job_and_help_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "autoglm_bench", "--cfg", "job",
+                           "task=sst2", "prompt.k_shot=3"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "k_shot: 3" in proc.stdout and "name: sst2" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and "omegaconf" in imported  # the probe does see imports
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "transformers", "datasets")}
+
+    helped = run_cli("--help")
+    assert helped.returncode == 0
+    for group in ("task:", "model:", "prompt:", "method:", "search:", "trainer:", "logger:", "experiment:"):
+        assert group in helped.stdout.replace("task/", "task:")
+    for option in ("sst2", "gsm8k", "bbh_navigate", "tiny_glm", "glm4_9b", "quickstart", "wandb"):
+        assert option in helped.stdout
+
+
+def test_sst2_full_validation_split(tmp_path, data_dir):
+    run_dir = tmp_path / "sst2"
+    proc = run_cli("+experiment=sst2_zeroshot", f"data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    result = read_results(run_dir)
+    assert len(result["predictions"]) == 872
+    assert len({p["id"] for p in result["predictions"]}) == 872
+    assert result["predictions"][0]["choices"] == ["negative", "positive"]
+
+
+def test_few_shot_chat_prompt_through_the_cli(tmp_path, data_dir):
+    run_dir = tmp_path / "rte"
+    proc = run_cli("task=rte", "prompt=chat", "prompt.k_shot=2", f"data_dir={data_dir}", "limit=5",
+                   "prompt.instruction=Decide.", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    result = read_results(run_dir)
+    prompt = result["prompt_example"]
+    assert prompt.startswith("[gMASK]<sop><|system|>") and prompt.endswith("<|assistant|>\n")
+    assert prompt.count("<|user|>") == 3 and "Decide." in prompt
+    assert len(result["predictions"]) == 5
+
+
+def test_wandb_offline_logs_without_secrets(tmp_path):
+    run_dir = tmp_path / "wb"
+    secret = "hf_SuperSecretToken123"
+    proc = run_cli("+experiment=quickstart", "logger=wandb", "limit=10", f"hydra.run.dir={run_dir}",
+                   env={"HF_TOKEN": secret, "WANDB_API_KEY": "wandbsecret" * 4})
+    assert proc.returncode == 0, proc.stderr
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data and b"wandbsecret" not in data, path
+
+
+def test_multirun_over_seeds(tmp_path):
+    proc = run_cli("-m", "+experiment=quickstart", "limit=8", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]
+    assert [r["seed"] for r in results] == [0, 1]
