@@ -29,6 +29,10 @@ def run_method(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         from .evaluate import run_evaluate
 
         return run_evaluate(run)
+    if run.method.name == "prompt_search":
+        from .search import run_prompt_search
+
+        return run_prompt_search(run, run_dir)
     raise ConfigError(f"unknown method {run.method.name!r}")
 
 

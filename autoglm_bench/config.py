@@ -28,11 +28,15 @@ METRICS = {
 }
 MODEL_KINDS = ("tiny_glm", "causal", "encoder")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEMO_SELECTIONS = ("random", "balanced")
-METHODS = ("evaluate",)
+DEMO_SELECTIONS = ("random", "balanced", "nearest")
+DEMO_ORDERS = ("selected", "reversed")
+METHODS = ("evaluate", "prompt_search")
 SCORERS = ("batched", "naive")
 LOGGERS = ("none", "csv", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
+PRUNERS = ("none", "wilcoxon", "successive_halving", "hyperband")
+SECOND_OBJECTIVES = ("prompt_tokens",)
 
 
 class ConfigError(ValueError):
@@ -111,7 +115,8 @@ class PromptConfig:
     instruction: str | None = None
     system: str | None = None
     k_shot: int = 0
-    demo_selection: str = "random"
+    demo_selection: str = "random"  # random | balanced (one fixed set) | nearest (per query, MiniLM embeddings)
+    demo_order: str = "selected"  # selected | reversed (nearest: most similar first | most similar last)
     chat_template: bool = False
 
 
@@ -123,11 +128,47 @@ class MethodConfig:
 
 
 @dataclass
+class SearchSpaceConfig:
+    """The prompt search space; every list is one categorical dimension of the Optuna study."""
+
+    # "none": no instruction; "task": each of the task's instructions; "proposed": a new one written by
+    # the proposer model (search.proposal); anything else is a literal instruction.
+    instructions: list[str] = field(default_factory=lambda: ["none", "task"])
+    templates: list[str] | None = None  # names in task.templates; null: all of them
+    verbalizers: dict[str, list[str]] | None = None  # name -> label words (one per choice); null: the task's
+    k_shot: list[int] = field(default_factory=lambda: [0])
+    demo_selection: list[str] = field(default_factory=lambda: ["random"])
+    demo_order: list[str] = field(default_factory=lambda: ["selected"])
+
+
+@dataclass
+class ProposalConfig:
+    """OPRO/APE-style instruction proposal, used when search.space.instructions lists "proposed"."""
+
+    model: str | None = None  # a conf/model option writing the proposals; null: the model under test
+    history: int = 8  # best earlier instructions (with their dev scores) shown in the meta-prompt
+    max_new_tokens: int = 48
+
+
+@dataclass
 class SearchConfig:
     name: str = "none"
-    sampler: str | None = None
-    n_trials: int = 0
-    storage: str | None = None
+    sampler: str | None = None  # tpe | random | grid | gp | nsga2
+    n_trials: int = 0  # finished (complete or pruned) trials wanted; a rerun resumes up to this number
+    storage: str | None = None  # any Optuna RDB URL; null: sqlite:///<run_dir>/study.db
+    study_name: str | None = None  # null: derived from the task, model, space, sampler, pruner and seed
+    pruner: str = "none"  # none | wilcoxon | successive_halving | hyperband
+    p_threshold: float = 0.1  # wilcoxon
+    objectives: list[str] = field(default_factory=lambda: ["acc"])  # a task metric, optionally + prompt_tokens
+    minibatch: int = 32  # first dev minibatch; each next one doubles, up to the whole dev split
+    test_fraction: float = 0.5  # share of the eval split held out as test when the task has no test split
+    demo_pool: int = 1000  # train rows (seeded sample) that demos are drawn from
+    n_startup_trials: int = 5  # tpe, gp: random trials before the model-based sampler takes over
+    population_size: int = 10  # nsga2
+    cache_path: str | None = None  # evaluation cache (SQLite); null: <AUTOGLM_CACHE_DIR>/eval_cache.sqlite
+    heartbeat_s: int = 10  # a trial silent for 2x this long (a killed run) is failed and retried on resume
+    space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    proposal: ProposalConfig = field(default_factory=ProposalConfig)
 
 
 @dataclass
@@ -254,6 +295,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             f"{', '.join(t.splits)}"
         )
     _one_of("prompt.demo_selection", p.demo_selection, DEMO_SELECTIONS)
+    _one_of("prompt.demo_order", p.demo_order, DEMO_ORDERS)
 
     _one_of("model.kind", m.kind, MODEL_KINDS)
     _one_of("model.dtype", m.dtype, DTYPES)
@@ -266,7 +308,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             f"model {m.name!r} ({m.path}) runs code from its repository; it stays off unless you pass "
             "model.trust_remote_code=true"
         )
-    if m.kind == "encoder" and run.method.name == "evaluate":
+    if m.kind == "encoder" and run.method.name in ("evaluate", "prompt_search"):
         raise ConfigError(
             f"model {m.name!r} is an encoder without a language-model head; method=evaluate needs a causal LM "
             "(tiny_glm, glm4_9b, hf)"
@@ -276,7 +318,68 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
     _one_of("logger", run.logger.name, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    if run.method.name == "prompt_search":
+        validate_prompt_search(run)
     return run
+
+
+def validate_prompt_search(run: RunConfig) -> None:
+    """The prompt_search checks that need neither data nor model (storage reachability is checked on open)."""
+    s, sp, t = run.search, run.search.space, run.task
+    if t.type != "multiple_choice":
+        raise ConfigError(f"method=prompt_search needs a multiple_choice task; {t.name!r} is {t.type}")
+    if s.name == "none" or s.sampler is None:
+        raise ConfigError(f"method=prompt_search needs a search config: add search=<{'|'.join(SAMPLERS)}>")
+    _one_of("search.sampler", s.sampler, SAMPLERS)
+    _one_of("search.pruner", s.pruner, PRUNERS)
+    if s.n_trials <= 0:
+        raise ConfigError(f"search.n_trials must be a positive number of trials, got {s.n_trials}")
+    for key in ("instructions", "templates", "verbalizers", "k_shot", "demo_selection", "demo_order"):
+        value = getattr(sp, key)
+        if value is not None and len(value) == 0:
+            raise ConfigError(f"search.space.{key} is an empty list; give at least one choice (or null: default)")
+    for name in sp.templates or []:
+        _one_of("template", name, list(t.templates), f" in search.space.templates for task {t.name!r}")
+    n_choices = len(t.choices or [])
+    for name, words in (sp.verbalizers or {}).items():
+        if t.type != "multiple_choice" or len(words) != n_choices:
+            raise ConfigError(
+                f"search.space.verbalizers.{name} has {len(words)} label words; task {t.name!r} needs {n_choices}"
+            )
+    if "task" in sp.instructions and not t.instructions:
+        raise ConfigError(f"search.space.instructions lists 'task' but task {t.name!r} has no instructions")
+    for k in sp.k_shot:
+        if k < 0:
+            raise ConfigError(f"search.space.k_shot values must be >= 0, got {k}")
+    if max(sp.k_shot) > 0 and "train" not in t.splits:
+        raise ConfigError(f"search.space.k_shot={list(sp.k_shot)} needs a train split; task {t.name!r} has none")
+    for value in sp.demo_selection:
+        _one_of("demo selection", value, DEMO_SELECTIONS, " in search.space.demo_selection")
+    for value in sp.demo_order:
+        _one_of("demo order", value, DEMO_ORDERS, " in search.space.demo_order")
+    if not s.objectives or s.objectives[0] not in ("acc", "acc_norm") or len(s.objectives) > 2 or any(
+        o not in SECOND_OBJECTIVES for o in s.objectives[1:]
+    ):
+        raise ConfigError(
+            f"search.objectives {list(s.objectives)} must be acc or acc_norm, optionally followed by "
+            f"{', '.join(SECOND_OBJECTIVES)}"
+        )
+    if len(s.objectives) == 2 and s.pruner != "none":
+        raise ConfigError(f"search.pruner={s.pruner} needs a single objective; use search.pruner=none with two")
+    if s.pruner == "wilcoxon" and not 0.0 < s.p_threshold < 1.0:
+        raise ConfigError(f"search.p_threshold must be in (0, 1), got {s.p_threshold}")
+    if s.minibatch < 1 or s.demo_pool < 1 or s.heartbeat_s < 1 or s.population_size < 2 or s.n_startup_trials < 0:
+        raise ConfigError(
+            "search needs minibatch >= 1, demo_pool >= 1, heartbeat_s >= 1, population_size >= 2, "
+            f"n_startup_trials >= 0; got {s.minibatch}, {s.demo_pool}, {s.heartbeat_s}, {s.population_size}, "
+            f"{s.n_startup_trials}"
+        )
+    if not 0.0 < s.test_fraction < 1.0:
+        raise ConfigError(f"search.test_fraction must be in (0, 1), got {s.test_fraction}")
+    if s.proposal.history < 1 or s.proposal.max_new_tokens < 1:
+        raise ConfigError("search.proposal.history and search.proposal.max_new_tokens must be >= 1")
+    if s.proposal.model is not None:
+        _one_of("search.proposal.model", s.proposal.model, group_options("model"))
 
 
 def one_line(exc: BaseException) -> str:

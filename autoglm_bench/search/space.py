@@ -1,0 +1,118 @@
+"""The prompt search space, built from ``search.space`` and the task, and one trial's prompt.
+
+Every dimension is categorical, so the same space serves TPE, random, GP, NSGA-II and the exhaustive
+grid. All six parameters are suggested in every trial (even demo settings when k=0): the grid stays a
+plain product, and the duplicate prompts this creates cost nothing because the cache answers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import PromptConfig, SearchSpaceConfig, TaskConfig
+
+NO_INSTRUCTION = "none"
+PROPOSED = "proposed"  # the instruction is written by the proposer model for this trial
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One prompt: the values a trial picked. ``instruction`` is the text used ("" for none)."""
+
+    instruction: str
+    template: str
+    verbalizer: str
+    k_shot: int
+    demo_selection: str
+    demo_order: str
+
+    def prompt_config(self, base: PromptConfig) -> PromptConfig:
+        """``base`` (system prompt, chat template) with this candidate's choices."""
+        return PromptConfig(
+            template=self.template,
+            instruction=self.instruction or None,
+            system=base.system,
+            k_shot=self.k_shot,
+            demo_selection=self.demo_selection,
+            demo_order=self.demo_order,
+            chat_template=base.chat_template,
+        )
+
+
+@dataclass
+class PromptSpace:
+    """The categorical choices of each dimension, in a stable order.
+
+    >>> from autoglm_bench.config import SearchSpaceConfig, TaskConfig
+    >>> task = TaskConfig(name="t", templates={"a": "{{ x }}"}, target="{{ y }}", choices=["no", "yes"],
+    ...                   instructions=["Answer."])
+    >>> space = PromptSpace.from_config(SearchSpaceConfig(k_shot=[0, 2]), task)
+    >>> space.instructions, space.verbalizers, space.size
+    (['none', 'Answer.'], {'task': ['no', 'yes']}, 4)
+    """
+
+    instructions: list[str]
+    templates: list[str]
+    verbalizers: dict[str, list[str]]
+    k_shot: list[int]
+    demo_selection: list[str]
+    demo_order: list[str]
+
+    @classmethod
+    def from_config(cls, cfg: SearchSpaceConfig, task: TaskConfig) -> PromptSpace:
+        instructions: list[str] = []
+        for item in cfg.instructions:
+            instructions += list(task.instructions) if item == "task" else [item]
+        return cls(
+            instructions=list(dict.fromkeys(instructions)),
+            templates=list(cfg.templates or task.templates),
+            verbalizers={k: list(v) for k, v in (cfg.verbalizers or {"task": list(task.choices or [])}).items()},
+            k_shot=list(dict.fromkeys(cfg.k_shot)),
+            demo_selection=list(dict.fromkeys(cfg.demo_selection)),
+            demo_order=list(dict.fromkeys(cfg.demo_order)),
+        )
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Parameter name -> choices, for ``optuna.samplers.GridSampler``."""
+        return {
+            "instruction": self.instructions,
+            "template": self.templates,
+            "verbalizer": list(self.verbalizers),
+            "k_shot": self.k_shot,
+            "demo_selection": self.demo_selection,
+            "demo_order": self.demo_order,
+        }
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for choices in self.grid().values():
+            n *= len(choices)
+        return n
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Ask an Optuna trial for one value of each dimension."""
+        return {name: trial.suggest_categorical(name, choices) for name, choices in self.grid().items()}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def candidate_from_params(params: dict[str, Any], instruction_text: str | None = None) -> Candidate:
+    """The :class:`Candidate` for a trial's params; ``instruction_text`` replaces ``proposed``."""
+    instruction = params["instruction"]
+    if instruction == PROPOSED:
+        instruction = instruction_text or ""
+    elif instruction == NO_INSTRUCTION:
+        instruction = ""
+    return Candidate(
+        instruction=instruction,
+        template=params["template"],
+        verbalizer=params["verbalizer"],
+        k_shot=int(params["k_shot"]),
+        demo_selection=params["demo_selection"],
+        demo_order=params["demo_order"],
+    )
