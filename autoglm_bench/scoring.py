@@ -11,12 +11,15 @@ The batched scorer runs each batch in (at most) two forward passes:
 2. every choice's remaining continuation tokens, right-padded, on top of its own context's KV cache
    (the cache rows are gathered per choice), so only continuation positions are projected.
 
+When every context starts with the same tokens (a k-shot block, a long instruction), that prefix is
+run once and its KV cache is copied under each batch, so pass 1 only sees the per-example suffixes.
 Requests are sorted by length, longest first, so padding is small and a memory error shows early.
 :func:`loglikelihood_naive` is the reference: one full forward pass per (context, continuation).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,9 +93,10 @@ def loglikelihood(
     stats = ScoreStats(examples=len(encoded))
     bar = _progress(len(encoded), progress)
     with torch.inference_mode():
+        prefix = _encode_shared_prefix(lm, encoded, stats)
         for b in range(0, len(order), batch_size):
             batch = [encoded[i] for i in order[b : b + batch_size]]
-            for i, lls in zip(order[b : b + batch_size], _score_batch(lm, batch, stats)):
+            for i, lls in zip(order[b : b + batch_size], _score_batch(lm, batch, prefix, stats)):
                 results[i] = lls
             bar.update(len(batch))
     bar.close()
@@ -100,17 +104,53 @@ def loglikelihood(
     return results, stats
 
 
-def _score_batch(lm: LoadedModel, batch: list[_Encoded], stats: ScoreStats) -> list[list[float]]:
+@dataclass
+class _Prefix:
+    """Tokens every context starts with (e.g. a k-shot block) and their KV cache, computed once."""
+
+    length: int = 0
+    cache: Any = None
+
+
+MIN_SHARED_PREFIX = 16  # below this, copying the prefix cache costs more than recomputing it
+
+
+def _encode_shared_prefix(lm: LoadedModel, encoded: list[_Encoded], stats: ScoreStats) -> _Prefix:
+    contexts = [e.context for e in encoded]
+    if len(contexts) < 2:
+        return _Prefix()
+    length = min(len(c) for c in contexts) - 1  # every context keeps its last token: it predicts the answer
+    first = contexts[0]
+    for ctx in contexts[1:]:
+        length = next((i for i in range(length) if ctx[i] != first[i]), length)
+    if length < MIN_SHARED_PREFIX:
+        return _Prefix()
     import torch
 
-    device, pad = lm.device, lm.tokenizer.pad_token_id
+    out = lm.model(input_ids=torch.tensor([first[:length]], device=lm.device), use_cache=True, logits_to_keep=1)
+    stats.tokens += length
+    return _Prefix(length=length, cache=_cache_of(out))
+
+
+def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats: ScoreStats) -> list[list[float]]:
+    import torch
+
+    device, pad, n = lm.device, lm.tokenizer.pad_token_id, len(batch)
+    suffixes = [e.context[prefix.length :] for e in batch]
+    ids, mask = _right_pad(suffixes, pad, device)
     ctx_lens = torch.tensor([len(e.context) for e in batch], device=device)
-    ids, mask = _right_pad([e.context for e in batch], pad, device)
-    last = ctx_lens - 1
+    kwargs: dict[str, Any] = {}
+    if prefix.cache is not None:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(n)
+        mask = torch.cat([torch.ones((n, prefix.length), dtype=mask.dtype, device=device), mask], dim=1)
+        kwargs = {"position_ids": prefix.length + torch.arange(ids.shape[1], device=device).expand(n, -1),
+                  _cache_kwarg(type(lm.model)): cache}
+    last = ctx_lens - prefix.length - 1
     keep = torch.unique(last)  # logits only at the distinct last-context positions of this batch
-    out = lm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep)
-    first = torch.log_softmax(out.logits[torch.arange(len(batch), device=device), torch.searchsorted(keep, last)].float(), -1)
-    stats.tokens += int(ctx_lens.sum())
+    out = lm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep, **kwargs)
+    first = torch.log_softmax(out.logits[torch.arange(n, device=device), torch.searchsorted(keep, last)].float(), -1)
+    stats.tokens += sum(map(len, suffixes))
 
     pairs = [(r, j) for r, e in enumerate(batch) for j in range(len(e.continuations))]
     pair_rows = torch.tensor([r for r, _ in pairs], device=device)
@@ -119,7 +159,7 @@ def _score_batch(lm: LoadedModel, batch: list[_Encoded], stats: ScoreStats) -> l
     rest = [(r, j) for r, j in pairs if len(batch[r].continuations[j]) > 1]
     if rest:
         rows = torch.tensor([r for r, _ in rest], device=device)
-        cache = out.get("cache", None) or out.get("past_key_values")
+        cache = _cache_of(out)
         cache.batch_select_indices(rows)  # one copy of each context's cache per choice
         inputs = [batch[r].continuations[j][:-1] for r, j in rest]
         cont_ids, cont_mask = _right_pad(inputs, pad, device)
@@ -214,6 +254,10 @@ def _cut(text: str, until: list[str]) -> str:
         if stop and stop in text:
             text = text[: text.index(stop)]
     return text
+
+
+def _cache_of(output: Any) -> Any:
+    return output.get("cache", None) or output.get("past_key_values")
 
 
 @lru_cache(maxsize=None)

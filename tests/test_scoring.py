@@ -64,3 +64,16 @@ def test_generation_stops_at_stop_strings(tiny_lm):
     stopped, stats = generate_until(tiny_lm, contexts, until=[stop], max_new_tokens=12, progress=False)
     assert stop not in stopped[0] and free[0].startswith(stopped[0])
     assert stats.examples == 2 and stats.tokens > 0
+
+
+def test_shared_few_shot_prefix_is_encoded_once(tiny_lm):
+    demos = "Review: the film was great\nSentiment: positive\n\nReview: the plot was dull\nSentiment: negative\n\n"
+    requests = [(demos + context, choices) for context, choices in _requests(seed=7, n=30)]
+    batched, b_stats = loglikelihood(tiny_lm, requests, batch_size=8, progress=False)
+    naive, _ = loglikelihood_naive(tiny_lm, requests, progress=False)
+    for row_b, row_n in zip(batched, naive):
+        assert row_b == pytest.approx(row_n, abs=1e-4)
+    enc = encode_requests(tiny_lm, requests)
+    prefix_tokens = len(tiny_lm.tokenizer(demos.rstrip())["input_ids"])
+    fed_without_reuse = sum(len(e.context) + sum(len(c) - 1 for c in e.continuations) for e in enc)
+    assert b_stats.tokens <= fed_without_reuse - (len(requests) - 1) * (prefix_tokens - 2)
