@@ -29,6 +29,10 @@ def run_method(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         from .evaluate import run_evaluate
 
         return run_evaluate(run)
+    if run.method.name == "finetune":
+        from .train.run import run_finetune
+
+        return run_finetune(run, run_dir)
     if run.method.name == "prompt_search":
         from .search import run_prompt_search
 
@@ -67,6 +71,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                 "traceback": traceback.format_exc(), "metrics": {}, "predictions": [],
                                 "timings": {}, "cost": {}, "env": env_info()})
         raise
+    if not out.pop("primary", True):  # a non-zero rank of a multi-process run: rank 0 writes the results
+        return {**record, **out, "metrics": {}, "cost": {"examples_scored": 0}}
     device = out.pop("device", None)
     record.update(status="completed", env=env_info(device), **out)
     write_results(run_dir, record)
@@ -96,7 +102,8 @@ def describe_hydra_error(exc: BaseException) -> str:
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
-        if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment"):
+        if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment",
+                     "peft", "optim"):
             return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
     cause = exc.__cause__
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError

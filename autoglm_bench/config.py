@@ -30,10 +30,15 @@ MODEL_KINDS = ("tiny_glm", "causal", "encoder")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEMO_SELECTIONS = ("random", "balanced", "nearest")
 DEMO_ORDERS = ("selected", "reversed")
-METHODS = ("evaluate", "prompt_search")
+METHODS = ("evaluate", "finetune", "prompt_search")
 SCORERS = ("batched", "naive")
 LOGGERS = ("none", "csv", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
+PEFT_METHODS = ("full", "lora", "prefix", "prompt_tuning")
+OPTIMIZERS = ("adamw",)
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("none", "wilcoxon", "successive_halving", "hyperband")
 SECOND_OBJECTIVES = ("prompt_tokens",)
@@ -123,8 +128,53 @@ class PromptConfig:
 @dataclass
 class MethodConfig:
     name: str = "evaluate"
-    batch_size: int = 16
+    batch_size: int = 16  # evaluate: scoring batch; finetune: per-device training micro-batch
     scorer: str = "batched"
+    # finetune only (see autoglm_bench/train/data.py for how rows are chosen):
+    train_size: int | None = None  # training rows sampled (seeded) from the train split; null = all
+    dev_size: int = 200  # rows held out from the train split for validation, early stopping, pruning
+    eval_batch_size: int = 64
+    loss: str | None = None  # "package.module:function"(logits, labels) -> loss; null = built-in
+    group_by_length: bool = True  # batches of similar length (less padding)
+    packing: bool = False  # causal LMs: pack several examples into each row
+    save_model: bool = True  # write the adapter (PEFT) or the full weights as safetensors
+
+
+@dataclass
+class PeftConfig:
+    method: str = "full"  # full | lora | prefix (P-tuning v2 deep prompts) | prompt_tuning
+    r: int = 8  # lora
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # null: PEFT's default for the architecture, else q_proj/v_proj
+    num_virtual_tokens: int = 16  # prefix, prompt_tuning
+    prefix_projection: bool = False  # prefix: reparameterise the prefix through an MLP
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # not applied to biases and norm weights
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    fused: bool | None = None  # null: fused AdamW on CUDA
+    scheduler: str = "linear"  # linear | cosine | constant, each after warmup
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # wins over warmup_ratio when > 0
+
+
+@dataclass
+class HpoConfig:
+    """Hyperparameter search around method=finetune: an Optuna study, one training run per trial."""
+
+    n_trials: int = 0  # 0: no search, just train once
+    sampler: str = "tpe"  # tpe | random
+    pruner: str = "median"  # median | hyperband | none
+    storage: str | None = None  # RDB URL; null: sqlite in the run directory
+    study_name: str | None = None
+    # config key -> "loguniform(a,b)" | "uniform(a,b)" | "int(a,b)" | "choice(x,y,...)"
+    space: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,6 +230,20 @@ class TrainerConfig:
     precision: str = "32-true"
     max_epochs: int = 1
     max_steps: int = -1
+    num_nodes: int = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False
+    val_every_n_steps: int | None = None  # null: validate at the end of each epoch
+    log_every_n_steps: int = 10
+    early_stopping_patience: int | None = None  # validations without dev improvement; null = off
+    checkpoint: bool = True  # keep the last and the best (dev metric) checkpoint in <run>/checkpoints
+    checkpoint_every_n_steps: int | None = None
+    resume_from: str | None = None  # a Lightning .ckpt to resume training from
+    deterministic: bool = False
+    progress_bar: bool = False
+    callbacks: list[dict[str, Any]] = field(default_factory=list)  # each {_target_: ..., args}, instantiated
 
 
 @dataclass
@@ -198,6 +262,9 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    hpo: HpoConfig = field(default_factory=HpoConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data_dir: str | None = None
@@ -318,9 +385,52 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
     _one_of("logger", run.logger.name, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    if run.method.name == "finetune":
+        validate_finetune(run)
     if run.method.name == "prompt_search":
         validate_prompt_search(run)
     return run
+
+
+def validate_finetune(run: RunConfig) -> None:
+    """The finetune-only checks that need no model (LoRA targets and hardware are checked at load time)."""
+    pe, op, tr, me = run.peft, run.optim, run.trainer, run.method
+    _one_of("peft method", pe.method, PEFT_METHODS)
+    if pe.method == "lora" and (pe.r < 1 or pe.alpha <= 0):
+        raise ConfigError(f"peft.r and peft.alpha must be positive, got r={pe.r} alpha={pe.alpha}")
+    if pe.method in ("prefix", "prompt_tuning") and pe.num_virtual_tokens < 1:
+        raise ConfigError(f"peft.num_virtual_tokens must be >= 1, got {pe.num_virtual_tokens}")
+    if not 0.0 <= pe.dropout < 1.0:
+        raise ConfigError(f"peft.dropout must be in [0, 1), got {pe.dropout}")
+    _one_of("optim", op.name, OPTIMIZERS)
+    _one_of("optim.scheduler", op.scheduler, SCHEDULERS)
+    if op.lr <= 0 or op.weight_decay < 0 or not 0.0 <= op.warmup_ratio < 1.0 or op.warmup_steps < 0:
+        raise ConfigError(
+            f"optim needs lr > 0, weight_decay >= 0, 0 <= warmup_ratio < 1, warmup_steps >= 0; got lr={op.lr} "
+            f"weight_decay={op.weight_decay} warmup_ratio={op.warmup_ratio} warmup_steps={op.warmup_steps}"
+        )
+    _one_of("trainer.precision", tr.precision, PRECISIONS)
+    _one_of("trainer.accelerator", tr.accelerator, ACCELERATORS)
+    for key in ("devices", "num_nodes", "accumulate_grad_batches", "log_every_n_steps"):
+        if getattr(tr, key) < 1:
+            raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(tr, key)}")
+    if tr.max_epochs < 1 and tr.max_steps < 1:
+        raise ConfigError(f"set trainer.max_epochs >= 1 or trainer.max_steps >= 1 (got {tr.max_epochs}, {tr.max_steps})")
+    if me.eval_batch_size < 1 or me.dev_size < 0 or (me.train_size is not None and me.train_size < 1):
+        raise ConfigError(
+            f"method needs eval_batch_size >= 1, dev_size >= 0, train_size >= 1 or null; got "
+            f"{me.eval_batch_size}, {me.dev_size}, {me.train_size}"
+        )
+    if me.loss is not None and ":" not in me.loss:
+        raise ConfigError(f"method.loss {me.loss!r} must name a function as 'package.module:function'")
+    if me.packing and run.model.kind == "encoder":
+        raise ConfigError("method.packing=true needs a causal LM; encoder models train a classification head")
+    if run.model.kind == "encoder" and run.task.type != "multiple_choice":
+        raise ConfigError(f"model {run.model.name!r} is an encoder; it fine-tunes on multiple_choice tasks only")
+    if run.hpo.n_trials < 0:
+        raise ConfigError(f"hpo.n_trials must be >= 0, got {run.hpo.n_trials}")
+    _one_of("hpo.sampler", run.hpo.sampler, ("tpe", "random"))
+    _one_of("hpo.pruner", run.hpo.pruner, ("median", "hyperband", "none"))
 
 
 def validate_prompt_search(run: RunConfig) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import ConfigError, RunConfig, resolve_data_dir
-from .models import load_model
-from .prompts import prompt_text, render_examples
-from .scoring import generate_until, loglikelihood, loglikelihood_naive
-from .tasks import extract_answer, load_task
+from .config import ConfigError, MethodConfig, RunConfig, resolve_data_dir
+from .models import LoadedModel, load_model
+from .prompts import Example, prompt_text, render_examples
+from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_naive
+from .tasks import Task, extract_answer, load_task
 
 
 def run_evaluate(run: RunConfig) -> dict[str, Any]:
@@ -26,13 +26,34 @@ def run_evaluate(run: RunConfig) -> dict[str, Any]:
     load_s = time.perf_counter() - start
 
     chat_tokenizer = lm.tokenizer if run.prompt.chat_template else None
+    predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat_tokenizer)
+    metrics = task.hook.score(predictions)
+    return {
+        "metrics": metrics,
+        "predictions": predictions,
+        "timings": {"load_s": load_s, "eval_s": stats.seconds, "train_s": None, "tokens_per_s": stats.tokens_per_s},
+        "cost": {"examples_scored": stats.examples, "tokens_processed": stats.tokens},
+        "device": lm.device,
+        "prompt_example": contexts[0] if contexts else None,
+    }
+
+
+def score_examples(
+    lm: LoadedModel, task: Task, examples: list[Example], method: MethodConfig, chat_tokenizer: Any = None
+) -> tuple[list[dict[str, Any]], ScoreStats, list[str]]:
+    """Score rendered examples with the core scorer: (per-example predictions, cost, model inputs).
+
+    Multiple choice: log-likelihood of each choice after its context (``method.scorer``: batched or
+    naive); generation: greedy generation, answer extracted as the task defines. ``chat_tokenizer``
+    given: contexts go through its chat template.
+    """
     contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
-    batch_size = run.method.batch_size
+    batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
         # After a chat template's assistant header the answer starts the turn: no delimiter.
         delimiter = "" if chat_tokenizer is not None else task.cfg.target_delimiter
         requests = [(ctx, [delimiter + c for c in ex.choices]) for ctx, ex in zip(contexts, examples)]
-        if run.method.scorer == "naive":
+        if method.scorer == "naive":
             lls, stats = loglikelihood_naive(lm, requests)
         else:
             lls, stats = loglikelihood(lm, requests, batch_size=batch_size)
@@ -53,12 +74,4 @@ def run_evaluate(run: RunConfig) -> dict[str, Any]:
             {"id": ex.id, "target": ex.target, "prediction": extract_answer(task.cfg, out), "output": out}
             for ex, out in zip(examples, outputs)
         ]
-    metrics = task.hook.score(predictions)
-    return {
-        "metrics": metrics,
-        "predictions": predictions,
-        "timings": {"load_s": load_s, "eval_s": stats.seconds, "train_s": None, "tokens_per_s": stats.tokens_per_s},
-        "cost": {"examples_scored": stats.examples, "tokens_processed": stats.tokens},
-        "device": lm.device,
-        "prompt_example": contexts[0] if contexts else None,
-    }
+    return predictions, stats, contexts

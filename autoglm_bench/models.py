@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, PeftConfig
 
 TINY_GLM_FORMAT = 1  # bump when the recipe below changes, so old cache entries are not reused
 SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -205,3 +205,81 @@ def _write_tiny_glm(cfg: ModelConfig, folder: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+# ---------------------------------------------------------------- training
+
+
+def load_for_training(cfg: ModelConfig, peft: PeftConfig, num_labels: int | None = None) -> tuple[Any, Any]:
+    """Load (model, tokenizer) for fine-tuning: in train mode, float32 weights (the trainer's
+    ``precision`` decides the compute dtype), on the CPU (Lightning moves it), with the PEFT method of
+    ``peft`` applied. ``num_labels`` given: a sequence-classification head (encoder models); otherwise a
+    causal LM. A LoRA target module the model lacks is a :class:`ConfigError`, raised before training.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.set_grad_enabled(True)  # load_model turns it off process-wide for scoring
+    path = model_path(cfg)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
+    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        model = auto.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=None if cfg.allow_pickle else True, **extra, **common
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"could not load model {cfg.name!r} from {path!r}: {first}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.train()
+    return apply_peft(model, peft, task_type="SEQ_CLS" if num_labels is not None else "CAUSAL_LM"), tokenizer
+
+
+def apply_peft(model: Any, peft: PeftConfig, task_type: str) -> Any:
+    """Wrap ``model`` with the PEFT method of ``peft`` (``full`` returns it unchanged, all weights trainable).
+
+    >>> m = apply_peft(model, PeftConfig(method="lora", target_modules=["q_proj"]), "CAUSAL_LM")  # doctest: +SKIP
+    >>> m.print_trainable_parameters()  # doctest: +SKIP
+    """
+    if peft.method == "full":
+        return model
+    import peft as peft_lib
+
+    if peft.method == "lora":
+        targets = lora_targets(model, peft)
+        config: Any = peft_lib.LoraConfig(
+            task_type=task_type, r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, target_modules=targets
+        )
+    elif peft.method == "prefix":
+        config = peft_lib.PrefixTuningConfig(
+            task_type=task_type, num_virtual_tokens=peft.num_virtual_tokens, prefix_projection=peft.prefix_projection
+        )
+    elif peft.method == "prompt_tuning":
+        config = peft_lib.PromptTuningConfig(task_type=task_type, num_virtual_tokens=peft.num_virtual_tokens)
+    else:
+        raise ConfigError(f"unknown peft method {peft.method!r}; allowed: full, lora, prefix, prompt_tuning")
+    return peft_lib.get_peft_model(model, config)
+
+
+def lora_targets(model: Any, peft: PeftConfig) -> list[str]:
+    """The LoRA target module names: ``peft.target_modules``, each checked to exist in ``model``."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = list(peft.target_modules or DEFAULTS.get(model.config.model_type) or ["q_proj", "v_proj"])
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise ConfigError(
+            f"LoRA target module {', '.join(map(repr, missing))} is not in model {model.config.model_type!r}; "
+            f"its linear modules are: {', '.join(linear)}"
+        )
+    return targets

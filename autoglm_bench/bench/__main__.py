@@ -7,6 +7,7 @@ import importlib
 
 BENCHMARKS = {
     "scoring": "autoglm_bench.bench.scoring",
+    "train": "autoglm_bench.bench.train",
 }
 
 

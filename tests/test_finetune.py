@@ -1,0 +1,136 @@
+"""method=finetune on the real tiny GLM and the real Lightning Trainer: each PEFT method trains (loss goes
+down) and changes only its own parameters; results.json carries the training record."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoglm_bench.config import compose
+from autoglm_bench.models import build_tiny_glm
+
+from .conftest import read_results, run_cli
+
+# Soft prompts need a far larger step than weights do.
+LR = {"full": 3e-3, "lora": 1e-2, "prefix": 3e-2, "prompt_tuning": 3e-1}
+TRAINABLE = {"lora": "lora_", "prefix": "prompt_encoder", "prompt_tuning": "prompt_encoder"}
+
+
+class Snapshot(pl.Callback):
+    """Copies every parameter of the wrapped model at the start and at the end of training."""
+
+    def on_train_start(self, trainer, module):
+        self.before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+        self.trainable = {k for k, v in module.model.named_parameters() if v.requires_grad}
+
+    def on_train_end(self, trainer, module):
+        self.after = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+
+
+def finetune_overrides(peft: str, task: str = "toy_sentiment", steps: int = 12) -> list[str]:
+    return [f"task={task}", "model=tiny_glm", "method=finetune", f"peft={peft}", f"optim.lr={LR[peft]}",
+            "method.batch_size=8", "method.dev_size=16", "limit=96", f"trainer.max_steps={steps}",
+            "trainer.max_epochs=10", "trainer.val_every_n_steps=6", "logger=none"]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt_tuning"])
+def test_each_peft_method_trains_only_its_parameters(peft, tmp_path, model_cache):
+    from autoglm_bench.train.run import finetune
+
+    run = compose(finetune_overrides(peft))
+    snap = Snapshot()
+    out = finetune(run, tmp_path, callbacks=[snap])
+
+    losses = [p["loss"] for p in out["training"]["loss_curve"]]
+    assert len(losses) == 12
+    assert mean(losses[-3:]) < mean(losses[:3]) - 0.05, losses
+
+    base = load_file(build_tiny_glm(run.model) / "model.safetensors")
+    changed = {k for k in snap.before if not torch.equal(snap.before[k], snap.after[k])}
+    if peft == "full":
+        assert snap.trainable == set(snap.before)
+        assert len(changed) > len(snap.before) // 2
+    else:
+        frozen = set(snap.before) - snap.trainable
+        assert snap.trainable and all(TRAINABLE[peft] in k for k in snap.trainable), snap.trainable
+        assert changed and changed <= snap.trainable  # nothing frozen moved, bit for bit
+        # and the frozen weights are still exactly the checkpoint's
+        for name in frozen:
+            plain = name.replace(".base_layer", "")  # LoRA moves the wrapped weight one level down
+            key = next(k for k in base if plain == k or plain.endswith("." + k))
+            assert torch.equal(snap.after[name], base[key]), name
+    assert out["training"]["trainable_params"] == sum(snap.before[k].numel() for k in snap.trainable)
+    assert out["metrics"]["acc"] >= 0.0 and len(out["predictions"]) == 96
+
+
+@pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt_tuning"])
+def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
+    from autoglm_bench.train.run import finetune
+
+    run = compose([*finetune_overrides(peft, task="sst2", steps=10), f"data_dir={data_dir}", "limit=64"])
+    out = finetune(run, tmp_path)
+    losses = [p["loss"] for p in out["training"]["loss_curve"]]
+    assert mean(losses[-3:]) < mean(losses[:3]), losses
+    assert len(out["predictions"]) == 64 and set(out["metrics"]) == {"acc", "acc_norm"}
+
+
+def test_cli_learns_the_toy_task_and_records_training(tmp_path):
+    """The full user path: fine-tune from chance to near-perfect accuracy, results.json has every field."""
+    proc = run_cli("+experiment=toy_tiny_glm_finetune", "limit=120", "trainer.max_epochs=4",
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = read_results(tmp_path)
+    assert result["status"] == "completed" and result["method"] == "finetune"
+    assert result["metrics"]["acc"] >= 0.9, result["metrics"]
+    training = result["training"]
+    for key in ("loss_curve", "dev_curve", "tokens_per_s", "peak_memory_mb", "trainable_params", "mfu"):
+        assert key in training
+    assert training["tokens_per_s"] > 0 and training["peak_memory_mb"] > 0 and training["mfu"] is None
+    assert result["timings"]["train_s"] > 0 and result["dev_metrics"]["acc"] >= 0.9
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "train/loss" in (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    held_out = set(training["dev_rows"])
+    assert held_out and not held_out & {p["id"] for p in result["predictions"]}  # dev rows come from train
+    json.dumps(result)
+
+
+def test_lora_adapter_is_saved_as_safetensors(tmp_path):
+    from autoglm_bench.train.run import finetune
+
+    out = finetune(compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null"]), tmp_path)
+    folder = tmp_path / "adapter"
+    assert out["training"]["saved_model"] == str(folder)
+    assert (folder / "adapter_model.safetensors").is_file()
+    assert not list(folder.glob("*.bin"))
+
+
+def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(tmp_path):
+    """Two epochs straight through, saving a checkpoint after the first; then a second run resumes from
+    that checkpoint. Same final loss and same last loss curve points (epoch-boundary checkpoint)."""
+    from autoglm_bench.train.run import finetune
+
+    mid = tmp_path / "mid"
+    keep_every_epoch = ("+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+                        f"dirpath: '{mid}', every_n_epochs: 1, save_top_k: -1, filename: 'epoch{{epoch}}'}}]")
+    common = [*finetune_overrides("lora", steps=-1), "trainer.max_epochs=2", "trainer.val_every_n_steps=null"]
+    straight = finetune(compose([*common, keep_every_epoch]), tmp_path / "straight")
+    ckpt = mid / "epoch0.ckpt"
+    assert ckpt.is_file(), list(mid.iterdir())
+    resumed = finetune(compose([*common, f"trainer.resume_from={ckpt}"]), tmp_path / "resumed")
+
+    a = straight["training"]["loss_curve"]
+    b = resumed["training"]["loss_curve"]
+    assert b[0]["step"] > a[0]["step"] and b[-1]["step"] == a[-1]["step"]
+    tail = {p["step"]: p["loss"] for p in a[-len(b):]}
+    for point in b:
+        assert point["loss"] == pytest.approx(tail[point["step"]], abs=1e-5)
+    assert resumed["metrics"] == pytest.approx(straight["metrics"])
