@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, ConfigError, RunConfig, group_options, one_line, register_schemas, validate
@@ -87,6 +88,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         record = execute(cfg, run_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job, the sweep goes on, and the error is reported at the end
         raise SystemExit(2) from None
     metrics = record["metrics"]
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

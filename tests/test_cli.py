@@ -95,3 +95,12 @@ def test_multirun_over_seeds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]
     assert [r["seed"] for r in results] == [0, 1]
+
+
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
+    proc = run_cli("-m", "task=sst2,toy_sentiment", f"data_dir={tmp_path / 'nodata'}", "limit=4",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: data file not found")
+    assert not list((tmp_path / "sweep").glob("0_*/results.json"))  # the bad job wrote nothing
+    assert read_results(next((tmp_path / "sweep").glob("1_*")))["status"] == "completed"  # the next one ran
