@@ -31,6 +31,18 @@ class Snapshot(pl.Callback):
         self.after = {k: v.detach().clone() for k, v in module.model.named_parameters()}
 
 
+# On a small shared CPU, two threads per tiny-model process mostly wait on each other; tests use one.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def finetune_overrides(peft: str, task: str = "toy_sentiment", steps: int = 12) -> list[str]:
     return [f"task={task}", "model=tiny_glm", "method=finetune", f"peft={peft}", f"optim.lr={LR[peft]}",
             "method.batch_size=8", "method.dev_size=16", "limit=96", f"trainer.max_steps={steps}",
@@ -84,8 +96,8 @@ def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
 
 def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     """The full user path: fine-tune from chance to near-perfect accuracy, results.json has every field."""
-    proc = run_cli("+experiment=toy_tiny_glm_finetune", "limit=120", "trainer.max_epochs=4",
-                   f"hydra.run.dir={tmp_path}")
+    proc = run_cli("+experiment=toy_tiny_glm_finetune", "limit=160", "method.dev_size=40",
+                   f"hydra.run.dir={tmp_path}", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = read_results(tmp_path)
     assert result["status"] == "completed" and result["method"] == "finetune"
@@ -120,7 +132,8 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(tmp_pat
 
     mid = tmp_path / "mid"
     keep_every_epoch = ("+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-                        f"dirpath: '{mid}', every_n_epochs: 1, save_top_k: -1, filename: 'epoch{{epoch}}'}}]")
+                        f"dirpath: '{mid}', every_n_epochs: 1, save_top_k: -1, filename: 'epoch{{epoch}}', "
+                        "auto_insert_metric_name: false}]")
     common = [*finetune_overrides("lora", steps=-1), "trainer.max_epochs=2", "trainer.val_every_n_steps=null"]
     straight = finetune(compose([*common, keep_every_epoch]), tmp_path / "straight")
     ckpt = mid / "epoch0.ckpt"

@@ -17,10 +17,11 @@ COMMON = ["task=toy_sentiment", "model=tiny_glm", "method=finetune", "peft=full"
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
-    one = run_cli(*COMMON, "trainer=cpu", "method.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}")
+    one = run_cli(*COMMON, "trainer=cpu", "method.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}",
+                  env={"OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli(*COMMON, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "method.batch_size=4",
-                  f"hydra.run.dir={tmp_path / 'two'}")
+                  f"hydra.run.dir={tmp_path / 'two'}", env={"OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
 
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")
@@ -29,8 +30,12 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert a.keys() == b.keys()
     moved = max((a[k] - initial[k]).abs().max().item() for k in a)
     assert moved > 1e-3  # training really changed the weights...
-    for key in a:  # ...and both runs changed them the same way
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    # ...and both runs changed them the same way: the weights agree to ~1e-6. The tolerance leaves room for
+    # the key biases, whose gradient is zero in exact arithmetic (softmax ignores a shift shared by all
+    # keys), so Adam normalises float noise into updates of up to ~2e-5; a wrong batch split moves
+    # weights by the learning rate (3e-3) instead.
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=5e-5, msg=key)
 
     ra, rb = read_results(tmp_path / "one"), read_results(tmp_path / "two")
     assert ra["training"]["optimizer_steps"] == rb["training"]["optimizer_steps"] == 6

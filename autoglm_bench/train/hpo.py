@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, RunConfig, validate
@@ -47,7 +48,7 @@ def suggest(trial: optuna.Trial, key: str, spec: str) -> Any:
     kind, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
     try:
         if kind == "choice":
-            return trial.suggest_categorical(key, [OmegaConf.create({"v": a}).v for a in args])
+            return trial.suggest_categorical(key, [yaml.safe_load(a) for a in args])
         low, high = float(args[0]), float(args[1])
         if kind == "int":
             return trial.suggest_int(key, int(low), int(high))
