@@ -42,6 +42,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("none", "wilcoxon", "successive_halving", "hyperband")
 SECOND_OBJECTIVES = ("prompt_tokens",)
+SPACE_PARAMS = ("instruction", "template", "verbalizer", "k_shot", "demo_selection", "demo_order")
 
 
 class ConfigError(ValueError):
@@ -185,7 +186,7 @@ class SearchSpaceConfig:
     # the proposer model (search.proposal); anything else is a literal instruction.
     instructions: list[str] = field(default_factory=lambda: ["none", "task"])
     templates: list[str] | None = None  # names in task.templates; null: all of them
-    verbalizers: dict[str, list[str]] | None = None  # name -> label words (one per choice); null: the task's
+    verbalizers: dict[str, list[str]] = field(default_factory=dict)  # name -> label words; {}: the task's
     k_shot: list[int] = field(default_factory=lambda: [0])
     demo_selection: list[str] = field(default_factory=lambda: ["random"])
     demo_order: list[str] = field(default_factory=lambda: ["selected"])
@@ -217,6 +218,8 @@ class SearchConfig:
     population_size: int = 10  # nsga2
     cache_path: str | None = None  # evaluation cache (SQLite); null: <AUTOGLM_CACHE_DIR>/eval_cache.sqlite
     heartbeat_s: int = 10  # a trial silent for 2x this long (a killed run) is failed and retried on resume
+    # prompts to try first, each {parameter: value} (e.g. {verbalizer: task, k_shot: 0}); unnamed ones are sampled
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     proposal: ProposalConfig = field(default_factory=ProposalConfig)
 
@@ -444,14 +447,14 @@ def validate_prompt_search(run: RunConfig) -> None:
     _one_of("search.pruner", s.pruner, PRUNERS)
     if s.n_trials <= 0:
         raise ConfigError(f"search.n_trials must be a positive number of trials, got {s.n_trials}")
-    for key in ("instructions", "templates", "verbalizers", "k_shot", "demo_selection", "demo_order"):
+    for key in ("instructions", "templates", "k_shot", "demo_selection", "demo_order"):
         value = getattr(sp, key)
         if value is not None and len(value) == 0:
             raise ConfigError(f"search.space.{key} is an empty list; give at least one choice (or null: default)")
     for name in sp.templates or []:
         _one_of("template", name, list(t.templates), f" in search.space.templates for task {t.name!r}")
     n_choices = len(t.choices or [])
-    for name, words in (sp.verbalizers or {}).items():
+    for name, words in sp.verbalizers.items():
         if t.type != "multiple_choice" or len(words) != n_choices:
             raise ConfigError(
                 f"search.space.verbalizers.{name} has {len(words)} label words; task {t.name!r} needs {n_choices}"
@@ -486,6 +489,9 @@ def validate_prompt_search(run: RunConfig) -> None:
         )
     if not 0.0 < s.test_fraction < 1.0:
         raise ConfigError(f"search.test_fraction must be in (0, 1), got {s.test_fraction}")
+    for params in s.enqueue:
+        for key in params:
+            _one_of("parameter", key, SPACE_PARAMS, " in search.enqueue")
     if s.proposal.history < 1 or s.proposal.max_new_tokens < 1:
         raise ConfigError("search.proposal.history and search.proposal.max_new_tokens must be >= 1")
     if s.proposal.model is not None:

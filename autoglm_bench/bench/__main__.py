@@ -8,6 +8,7 @@ import importlib
 BENCHMARKS = {
     "scoring": "autoglm_bench.bench.scoring",
     "train": "autoglm_bench.bench.train",
+    "search": "autoglm_bench.bench.search",
 }
 
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..config import PromptConfig, SearchSpaceConfig, TaskConfig
+from ..config import ConfigError, PromptConfig, SearchSpaceConfig, TaskConfig
 
 NO_INSTRUCTION = "none"
 PROPOSED = "proposed"  # the instruction is written by the proposer model for this trial
@@ -96,6 +96,15 @@ class PromptSpace:
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Ask an Optuna trial for one value of each dimension."""
         return {name: trial.suggest_categorical(name, choices) for name, choices in self.grid().items()}
+
+    def check(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` unchanged if every value is one of its dimension's choices, else a :class:`ConfigError`."""
+        grid = self.grid()
+        for name, value in params.items():
+            if value not in grid[name]:
+                allowed = ", ".join(map(str, grid[name]))
+                raise ConfigError(f"search.enqueue value {name}={value!r} is not in the space; allowed: {allowed}")
+        return params
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]

@@ -57,7 +57,9 @@ def make_pruner(search: SearchConfig, n_dev: int):
     import optuna
 
     if search.pruner == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=search.p_threshold)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=search.p_threshold)
     if search.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=search.minibatch, reduction_factor=2)
     if search.pruner == "hyperband":
@@ -214,6 +216,9 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     proposer = load_proposer(run, lm) if PROPOSED in space.instructions else None
     load_s = time.perf_counter() - start
 
+    if not study.get_trials(deepcopy=False):
+        for params in s.enqueue:
+            study.enqueue_trial(space.check(dict(params)))
     wanted = min(s.n_trials, space.size) if s.sampler == "grid" else s.n_trials
     finished_before = sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
     logger = TrialLogger(run, run_dir)

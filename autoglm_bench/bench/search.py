@@ -1,0 +1,225 @@
+"""Prompt-search efficiency: random, TPE and TPE + Wilcoxon pruning against the exhaustive grid.
+
+The space (instruction x template x label words x shots x demo selection x demo order) is finite, so
+the grid scores every prompt on all of dev and gives the true best dev accuracy. Each other method runs
+``--trials`` trials for each of ``--seeds`` sampler seeds, each study with its own empty evaluation
+cache (so nothing it did not score itself is free), and the table reports the best dev accuracy it
+found relative to the grid's best and the examples it scored as a fraction of the grid's, mean +- std.
+
+The model is tiny_glm briefly trained (a plain torch loop, ``--train-steps``) on the toy sentiment
+task's train split in one prompt format: the ``default`` template with the task's label words, zero to
+three shots. A random-init model predicts one class whatever the prompt, so its accuracy would not
+depend on the prompt; the trained one is accurate in the format it learned, at chance with other label
+words, and inverted with swapped ones, so the search has something real to find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TRAIN_RECIPE = 2  # bump when train_prompt_sensitive_glm changes, so cached models are rebuilt
+BENCH_SPACE = [
+    "search.space.instructions=[none,task]",
+    "search.space.templates=null",
+    "+search.space.verbalizers.task=[negative,positive]",
+    "+search.space.verbalizers.bad_good=[bad,good]",
+    "+search.space.verbalizers.swapped=[positive,negative]",
+    "search.space.k_shot=[0,1,2]",
+    "search.space.demo_selection=[random,balanced]",
+    "search.space.demo_order=[selected,reversed]",
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, default=30, help="trials per study for random, tpe, tpe+pruning")
+    parser.add_argument("--seeds", type=int, default=5, help="sampler seeds per method")
+    parser.add_argument("--train-steps", type=int, default=300, help="training steps of the benchmark model")
+    parser.add_argument("--eval-size", type=int, default=200, help="toy eval rows (half dev, half test)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
+    parser.add_argument("override", nargs="*", help="extra config overrides, e.g. search.minibatch=16")
+
+
+def train_prompt_sensitive_glm(steps: int = 300, seed: int = 0, lr: float = 3e-3, batch_size: int = 32) -> Path:
+    """tiny_glm trained on toy_sentiment train rows in one prompt format; cached; returns its folder.
+
+    Each training sequence is 1-3 rows rendered with the ``default`` template and the gold label word, in
+    the plain layout :func:`~autoglm_bench.prompts.prompt_text` produces for k-shot prompts; the loss is
+    on the label words only, which is what makes a few hundred steps enough.
+
+    >>> path = train_prompt_sensitive_glm(steps=100)  # doctest: +SKIP
+    >>> run = compose(["model=hf", f"model.path={path}"])  # doctest: +SKIP
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoglm_bench.config import ModelConfig, compose
+    from autoglm_bench.models import build_tiny_glm, cache_dir
+    from autoglm_bench.prompts import demo_answer, render
+    from autoglm_bench.tasks import load_task
+
+    source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
+    spec = [TRAIN_RECIPE, source.name, steps, seed, lr, batch_size]
+    target = cache_dir() / "tiny_glm_toy_trained" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
+    if (target / "model.safetensors").is_file():
+        return target
+    task = load_task(compose(["task=toy_sentiment"]).task, None)
+    cfg, rows = task.cfg, task.rows["train"]
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    template, pad = cfg.templates["default"], tokenizer.pad_token_id
+    with torch.enable_grad():
+        for _ in range(steps):
+            ids, labels = [], []
+            for _ in range(batch_size):
+                seq_ids: list[int] = []
+                seq_labels: list[int] = []
+                for r in (rng.choice(rows) for _ in range(rng.randint(1, 3))):
+                    context, answer = encode(render(template, r)), encode(cfg.target_delimiter + demo_answer(cfg, r))
+                    sep = encode(cfg.fewshot_delimiter)
+                    seq_ids += context + answer + sep
+                    seq_labels += [-100] * len(context) + answer + [-100] * len(sep)  # the loss is on answers only
+                ids.append(seq_ids)
+                labels.append(seq_labels)
+            width = max(map(len, ids))
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+            label_ids = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
+            # Right padding under causal attention never reaches a real token, so no attention mask is
+            # needed, and on CPU the masked attention path is ~10x slower for this model.
+            model(input_ids=input_ids, labels=label_ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:  # a concurrent builder won
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def run_study(run: Any, task: Any, lm: Any, splits: Any, space: Any, sampler: str, pruner: str, seed: int,
+              n_trials: int) -> dict[str, Any]:
+    """One study with the real sampler, pruner, objective and scorer, an in-memory storage and its own
+    empty cache; returns the best complete trial's dev accuracy, its prompt's test accuracy, and the cost."""
+    import dataclasses
+
+    import optuna
+
+    from autoglm_bench.search.cache import EvalCache
+    from autoglm_bench.search.evaluation import Evaluator, predictions
+    from autoglm_bench.search.space import candidate_from_params
+    from autoglm_bench.search.study import Objective, best_trial, make_pruner, make_sampler
+
+    search = dataclasses.replace(run.search, sampler=sampler, pruner=pruner)
+    run = dataclasses.replace(run, search=search)
+    evaluator = Evaluator(task=task, lm=lm, cache=EvalCache(":memory:"), base_prompt=run.prompt,
+                          verbalizers=space.verbalizers, pool=splits.pool, seed=run.seed,
+                          batch_size=run.method.batch_size)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(search, space, seed),
+                                pruner=make_pruner(search, len(splits.dev)))
+    start = time.perf_counter()
+    study.optimize(Objective(run, space, evaluator, splits, None), n_trials=n_trials)
+    seconds = time.perf_counter() - start
+    scored = evaluator.scored
+    best = best_trial(study)
+    examples = evaluator.render(candidate_from_params(best.params), splits.test)
+    test = task.hook.score(predictions(examples, evaluator.score(examples)))
+    states = [t.state.name for t in study.trials]
+    return {"dev": best.value, "test": test[search.objectives[0]], "scored": scored, "seconds": seconds,
+            "trials": len(states), "pruned": states.count("PRUNED"), "params": best.params}
+
+
+def run(args: argparse.Namespace) -> None:
+    import optuna
+
+    from autoglm_bench.config import compose
+    from autoglm_bench.models import load_model
+    from autoglm_bench.search.evaluation import split_rows
+    from autoglm_bench.search.space import PromptSpace
+    from autoglm_bench.tasks import load_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start = time.perf_counter()
+    path = train_prompt_sensitive_glm(steps=args.train_steps)
+    train_s = time.perf_counter() - start
+    cfg = compose(["task=toy_sentiment", f"task.options.eval_size={args.eval_size}", "model=hf",
+                   f"model.path={path}", "method=prompt_search", "search=tpe", *BENCH_SPACE, *args.override])
+    task = load_task(cfg.task, None)
+    splits = split_rows(task, cfg.search.test_fraction, cfg.search.demo_pool, cfg.seed)
+    space = PromptSpace.from_config(cfg.search.space, task.cfg)
+    lm = load_model(cfg.model)
+    print(f"prompt search benchmark: model trained {args.train_steps} steps in {train_s:.0f}s; space {space.size} "
+          f"prompts; dev {len(splits.dev)}, test {len(splits.test)} examples; {args.trials} trials x {args.seeds} "
+          f"seeds per method", flush=True)
+
+    grid = run_study(cfg, task, lm, splits, space, "grid", "none", 0, space.size)
+    print(f"grid: best dev acc {grid['dev']:.4f}, {grid['scored']} examples scored, {grid['seconds']:.0f}s",
+          flush=True)
+    methods = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe+wilcoxon": ("tpe", "wilcoxon")}
+    rows = {}
+    for name, (sampler, pruner) in methods.items():
+        rows[name] = [run_study(cfg, task, lm, splits, space, sampler, pruner, seed, args.trials)
+                      for seed in range(args.seeds)]
+        print(f"{name}: done in {sum(r['seconds'] for r in rows[name]):.0f}s", flush=True)
+
+    def mean_std(values: list[float], fmt: str) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{format(statistics.mean(values), fmt)} +- {format(sd, fmt)}"
+
+    lines = [
+        "| method | trials | best dev acc | gap to grid best (points) | examples scored | cost / grid | "
+        "test acc of chosen prompt | pruned trials |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| grid (reference) | {grid['trials']} | {grid['dev']:.4f} | 0 | {grid['scored']} | 1.00 | "
+        f"{grid['test']:.4f} | 0 |",
+    ]
+    for name, results in rows.items():
+        lines.append(
+            f"| {name} | {args.trials} | {mean_std([r['dev'] for r in results], '.4f')} | "
+            f"{mean_std([100 * (r['dev'] - grid['dev']) for r in results], '.2f')} | "
+            f"{mean_std([r['scored'] for r in results], '.0f')} | "
+            f"{mean_std([r['scored'] / grid['scored'] for r in results], '.3f')} | "
+            f"{mean_std([r['test'] for r in results], '.4f')} | {mean_std([r['pruned'] for r in results], '.1f')} |")
+    wil = rows["tpe+wilcoxon"]
+    gap = statistics.mean(100 * (grid["dev"] - r["dev"]) for r in wil)
+    frac = statistics.mean(r["scored"] / grid["scored"] for r in wil)
+    verdict = (f"tpe+wilcoxon: mean gap to the grid best {gap:.2f} points (target <= 1) at {100 * frac:.1f}% of the "
+               f"grid's cost (target <= 30%): {'met' if gap <= 1 and frac <= 0.30 else 'NOT met'}")
+    command = "python -m autoglm_bench.bench search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    text = "\n".join([
+        f"Command: `{command}`", "",
+        f"Model: tiny_glm trained {args.train_steps} steps on toy_sentiment in one prompt format; space "
+        f"{space.size} prompts; dev {len(splits.dev)} / test {len(splits.test)} examples; "
+        f"mean +- std over {args.seeds} sampler seeds; each study starts with an empty cache.", "",
+        *lines, "", verdict, f"total wall time {time.perf_counter() - start:.0f}s", ""])
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")

@@ -1,0 +1,219 @@
+"""Prompt search: the real command on the real tiny model, real SQLite cache and real Optuna studies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoglm_bench.config import ConfigError, compose
+from autoglm_bench.search.cache import EvalCache
+from autoglm_bench.search.evaluation import minibatch_ends
+
+from .conftest import REPO, read_results, run_cli
+
+# A small space on the shipped toy task: 2 instructions+none x 2 templates x 2 shots x 2 selections.
+SMALL = ["method=prompt_search", "search=tpe", "search.space.k_shot=[0,1]",
+         "search.space.demo_selection=[random,balanced]", "search.space.demo_order=[selected]"]
+
+
+def finished_trials(run_dir: Path) -> list:
+    import optuna
+
+    record = read_results(run_dir)
+    study = optuna.load_study(study_name=record["search"]["study_name"], storage=f"sqlite:///{run_dir}/study.db")
+    return study.get_trials(deepcopy=False)
+
+
+def test_minibatches_double_up_to_all_of_dev():
+    assert minibatch_ends(300, 32) == [32, 64, 128, 256, 300]
+    assert minibatch_ends(20, 32) == [20]
+
+
+def test_cache_keys_cover_model_prompt_choices_and_example(tmp_path):
+    cache = EvalCache(tmp_path / "c.sqlite")
+    key = EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-1")
+    others = [EvalCache.key("fp2", "Review: x\nSentiment:", [" negative", " positive"], "validation-1"),
+              EvalCache.key("fp", "Review: y\nSentiment:", [" negative", " positive"], "validation-1"),
+              EvalCache.key("fp", "Review: x\nSentiment:", [" bad", " good"], "validation-1"),
+              EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-2")]
+    assert len({key, *others}) == 5
+    cache.put([(key, "fp", "validation-1", [-1.5, -0.25])])
+    cache.close()
+    assert EvalCache(tmp_path / "c.sqlite").get([key, *others]) == {key: [-1.5, -0.25]}  # persisted, exact
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("search.space.k_shot=[]", "search.space.k_shot is an empty list"),
+        ("search.space.instructions=[]", "search.space.instructions is an empty list"),
+        ("search.sampler=annealing", "unknown search.sampler 'annealing'; allowed: tpe, random, grid, gp, nsga2"),
+        ("search.pruner=median", "unknown search.pruner 'median'; allowed: none, wilcoxon"),
+        ("search.n_trials=0", "search.n_trials must be a positive number of trials, got 0"),
+        ("search.n_trials=-3", "search.n_trials must be a positive number of trials, got -3"),
+        ("+search.space.verbalizers.x=[a,b,c]", "search.space.verbalizers.x has 3 label words"),
+        ("search.space.templates=[nope]", "unknown template 'nope'"),
+        ("search.enqueue=[{shots:2}]", "unknown parameter 'shots' in search.enqueue"),
+        ("search.objectives=[acc,prompt_tokens]", "search.pruner=wilcoxon needs a single objective"),
+    ],
+)
+def test_bad_search_config_is_one_line_error(override, message):
+    with pytest.raises(ConfigError) as info:
+        compose(["method=prompt_search", "search=tpe", override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
+    args = [*SMALL, "search.n_trials=4", f"search.cache_path={tmp_path / 'cache.sqlite'}"]
+    first = run_cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    a = read_results(tmp_path / "a")
+    for name in ("best_prompt.txt", "trials.csv", "optimization_history.png", "param_importances.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0, name
+    assert len((tmp_path / "a" / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+    assert set(a["metrics"]) >= {"dev_acc", "test_acc", "dev_acc_norm", "test_acc_norm"}
+    splits = a["search"]["splits"]
+    assert len(splits["dev_ids"]) == len(splits["test_ids"]) == 100 and not set(splits["dev_ids"]) & set(
+        splits["test_ids"])
+    assert sorted(p["id"] for p in a["predictions"]) == sorted(splits["test_ids"])
+    assert a["cost"]["examples_scored"] > 0 and a["search"]["trials"]["finished"] == 4
+    assert a["prompt_example"] in (tmp_path / "a" / "best_prompt.txt").read_text()
+
+    second = run_cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr
+    b = read_results(tmp_path / "b")
+    assert b["cost"]["examples_scored"] == 0
+    assert b["cost"]["cache_hits"] == a["cost"]["examples_requested"] > 0
+    assert b["metrics"] == a["metrics"] and b["search"]["best"] == a["search"]["best"]
+    assert [p["scores"] for p in b["predictions"]] == [p["scores"] for p in a["predictions"]]
+
+
+def test_bad_config_or_storage_on_rerun_loses_no_finished_trial(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*SMALL, "search.n_trials=2", "search.space.k_shot=[0]", f"hydra.run.dir={run_dir}"]
+    assert run_cli(*args).returncode == 0
+    before = [(t.number, t.values) for t in finished_trials(run_dir)]
+    for bad in ("search.pruner=median", "search.space.templates=[]", "search.n_trials=0",
+                f"search.storage=sqlite:///{tmp_path}/missing/dir/study.db"):
+        proc = run_cli(*args, bad)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "cannot be opened" in proc.stderr
+    assert [(t.number, t.values) for t in finished_trials(run_dir)] == before and len(before) == 2
+
+
+def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*SMALL, "search.n_trials=6", "search.heartbeat_s=1", "search.pruner=none",
+            f"search.cache_path={tmp_path / 'cache.sqlite'}", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    done = 0
+    for line in proc.stdout:  # kill right after the second trial finishes: the third is running
+        done += line.startswith("trial ")
+        if done == 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    import optuna
+
+    storage = f"sqlite:///{run_dir}/study.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    killed = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+    kept = {t.number: (t.values, t.datetime_complete) for t in killed if t.state.name == "COMPLETE"}
+    assert len(kept) == 2
+    time.sleep(2.5)  # past the heartbeat grace period (2 x heartbeat_s), as any real rerun would be
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = finished_trials(run_dir)
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6
+    assert {t.number: (t.values, t.datetime_complete) for t in finished if t.number in kept} == kept
+    interrupted = [t for t in trials if t.state.name == "FAIL"]
+    assert len(interrupted) <= 1 and len(trials) == 6 + len(interrupted)
+    for t in interrupted:  # the killed trial is retried once with its parameters, not lost nor duplicated
+        (retry,) = [r for r in finished if r.system_attrs.get("failed_trial") == t.number]
+        assert retry.params == t.params
+    assert read_results(run_dir)["search"]["trials"]["finished_before_this_run"] == 2
+
+
+@pytest.fixture(scope="module")
+def trained_model() -> Path:
+    """tiny_glm trained briefly on the toy task: accurate with its label words, inverted with them swapped."""
+    from autoglm_bench.bench.search import train_prompt_sensitive_glm
+
+    return train_prompt_sensitive_glm(steps=60, lr=1e-2)
+
+
+def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path, trained_model):
+    run_dir = tmp_path / "run"
+    proc = run_cli("method=prompt_search", "search=tpe", "model=hf", f"model.path={trained_model}",
+                   "search.n_trials=2", "search.pruner=wilcoxon", "search.space.instructions=[none]",
+                   "search.space.templates=[default]", "search.space.k_shot=[0]",
+                   "+search.space.verbalizers.task=[negative,positive]",
+                   "+search.space.verbalizers.swapped=[positive,negative]",
+                   "search.enqueue=[{verbalizer:task},{verbalizer:swapped}]", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    good, bad = finished_trials(run_dir)
+    assert good.params["verbalizer"] == "task" and good.state.name == "COMPLETE" and good.value > 0.7
+    assert good.user_attrs["dev_examples"] == 100
+    assert bad.params["verbalizer"] == "swapped" and bad.state.name == "PRUNED"
+    assert bad.user_attrs["dev_examples"] == 32 and bad.user_attrs["dev_acc"] < 0.3
+    assert read_results(run_dir)["search"]["best"]["params"]["verbalizer"] == "task"
+
+
+def test_nsga2_two_objectives_and_grid_is_exhaustive(tmp_path):
+    nsga = run_cli(*SMALL, "search=nsga2", "search.n_trials=3", "search.space.k_shot=[0,1]",
+                   f"hydra.run.dir={tmp_path / 'nsga'}")
+    assert nsga.returncode == 0, nsga.stderr
+    assert (tmp_path / "nsga" / "pareto_front.png").stat().st_size > 0
+    assert all(len(t.values) == 2 and t.values[1] == t.user_attrs["prompt_tokens"] > 0
+               for t in finished_trials(tmp_path / "nsga"))
+    grid = run_cli(*SMALL, "search=grid", "search.space.instructions=[none]", "search.space.k_shot=[0]",
+                   "search.space.demo_selection=[random]", f"hydra.run.dir={tmp_path / 'grid'}")
+    assert grid.returncode == 0, grid.stderr
+    assert sorted(t.params["template"] for t in finished_trials(tmp_path / "grid")) == ["default", "question"]
+
+
+def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
+    from autoglm_bench.search.proposal import propose_instruction
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(*SMALL, "search=random", "search.n_trials=3", "search.space.k_shot=[0]",
+                   "search.space.instructions=[Rate the review.,proposed]", "search.proposal.max_new_tokens=12",
+                   "search.enqueue=[{instruction:Rate the review.},{instruction:proposed},{instruction:proposed}]",
+                   f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    first, *proposed = finished_trials(run_dir)
+    shown = f"Instruction: Rate the review.\nAccuracy: {100 * first.value:.1f}%"
+    for trial in proposed:
+        assert shown in trial.user_attrs["meta_prompt"]
+        # the trial's instruction is what the model wrote for that meta-prompt (greedy, so reproducible)
+        assert trial.user_attrs["instruction"] == propose_instruction(tiny_lm, trial.user_attrs["meta_prompt"], 12)
+    if proposed[0].user_attrs["instruction"]:
+        assert f"Instruction: {proposed[0].user_attrs['instruction']}\n" in proposed[1].user_attrs["meta_prompt"]
+
+
+def test_nearest_demos_pick_the_most_similar_rows():
+    from autoglm_bench.config import PromptConfig
+    from autoglm_bench.prompts import minilm_embedder, nearest_demos
+    from autoglm_bench.tasks import load_task
+
+    task = load_task(compose(["task=toy_sentiment"]).task, None, limit=5)
+    task.rows["train"] = task.rows["train"][:50] + task.rows["eval"][:2]  # the queries themselves are in the pool
+    prompt = PromptConfig(k_shot=3, demo_selection="nearest")
+    demos = nearest_demos(task, prompt, minilm_embedder(), task.rows["eval"][:2])
+    assert [d[0]["_id"] for d in demos] == [r["_id"] for r in task.rows["eval"][:2]]
+    assert all(len(d) == 3 for d in demos)
