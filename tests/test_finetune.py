@@ -147,3 +147,36 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(tmp_pat
     for point in b:
         assert point["loss"] == pytest.approx(tail[point["step"]], abs=1e-5)
     assert resumed["metrics"] == pytest.approx(straight["metrics"])
+
+
+def doubled_loss(logits, labels):
+    """A custom loss for the test below: twice the built-in one."""
+    from autoglm_bench.train.module import answer_loss
+
+    return 2 * answer_loss(logits, labels)
+
+
+def test_custom_loss_by_dotted_path(tmp_path):
+    from autoglm_bench.train.run import finetune
+
+    common = [*finetune_overrides("full", steps=1), "trainer.checkpoint=false", "method.save_model=false"]
+    base = finetune(compose(common), tmp_path / "a", evaluate=False)
+    custom = finetune(compose([*common, "method.loss=tests.test_finetune:doubled_loss"]), tmp_path / "b",
+                      evaluate=False)
+    first = base["training"]["loss_curve"][0]["loss"]
+    assert custom["training"]["loss_curve"][0]["loss"] == pytest.approx(2 * first, rel=1e-6)
+
+
+def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
+    from autoglm_bench.train.run import finetune
+
+    run = compose([*finetune_overrides("full", steps=30), "method.packing=true", "model.max_length=128",
+                   "trainer.activation_checkpointing=true", "trainer.early_stopping_patience=1",
+                   "trainer.val_every_n_steps=2", "trainer.max_epochs=30"])
+    out = finetune(run, tmp_path)
+    training = out["training"]
+    losses = [p["loss"] for p in training["loss_curve"]]
+    assert mean(losses[-2:]) < mean(losses[:2])
+    # 96 rows of ~15 tokens pack into ~12 rows of <= 128 tokens: 2 batches per epoch
+    assert training["optimizer_steps"] < 30 and training["stopped_early"]
+    assert len(training["dev_curve"]) >= 2

@@ -24,10 +24,9 @@ def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     """
     targets = labels[:, 1:]
     mask = targets != IGNORE
-    logprobs = -F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none"
-    )
-    return (logprobs * mask).sum(1), mask.sum(1)
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    logprobs = -F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    return logprobs.view_as(targets).sum(1), mask.sum(1)
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
