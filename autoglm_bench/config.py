@@ -418,7 +418,9 @@ def validate_finetune(run: RunConfig) -> None:
         if getattr(tr, key) < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(tr, key)}")
     if tr.max_epochs < 1 and tr.max_steps < 1:
-        raise ConfigError(f"set trainer.max_epochs >= 1 or trainer.max_steps >= 1 (got {tr.max_epochs}, {tr.max_steps})")
+        raise ConfigError(
+            f"set trainer.max_epochs >= 1 or trainer.max_steps >= 1 (got {tr.max_epochs}, {tr.max_steps})"
+        )
     if me.eval_batch_size < 1 or me.dev_size < 0 or (me.train_size is not None and me.train_size < 1):
         raise ConfigError(
             f"method needs eval_batch_size >= 1, dev_size >= 0, train_size >= 1 or null; got "

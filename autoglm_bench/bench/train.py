@@ -57,9 +57,10 @@ def run(args: argparse.Namespace) -> None:
     for name, r in rows.items():
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "n/a"
         print(f"{name:<12}{r['tokens_per_s']:>12.0f}{mfu:>8}{r['peak_mb']:>16.0f}{r['loss']:>12.4f}")
-    print(f"speed-up (tokens/s, ours / hf_trainer): {rows['ours']['tokens_per_s'] / rows['hf_trainer']['tokens_per_s']:.2f}x")
-    print(f"peak memory: {rows['ours']['peak_kind']}; MFU: " + ("dense bf16 peak of this GPU" if rows["ours"]["mfu"]
-                                                             is not None else "n/a (no GPU peak to compare with)"))
+    speedup = rows["ours"]["tokens_per_s"] / rows["hf_trainer"]["tokens_per_s"]
+    print(f"speed-up (tokens/s, ours / hf_trainer): {speedup:.2f}x")
+    peak = "dense bf16 peak of this GPU" if rows["ours"]["mfu"] is not None else "n/a (no GPU peak to compare with)"
+    print(f"peak memory: {rows['ours']['peak_kind']}; MFU: {peak}")
 
 
 def build(spec: dict[str, Any]):

@@ -234,8 +234,8 @@ class ShardedOrder(Sampler[int]):
 
     The global order is a permutation (seed + epoch); with ``group_by_length`` it is cut into chunks of
     50 global batches, each sorted by length (longest first) and cut into global batches, whose order is
-    then shuffled (a short last batch stays last). Process ``rank`` of ``world`` takes indices ``rank, rank + world, ...`` of the global
-    order, after dropping the tail that does not divide evenly.
+    then shuffled (a short last batch stays last). Process ``rank`` of ``world`` takes indices
+    ``rank, rank + world, ...`` of the global order, after dropping the tail that does not divide evenly.
     """
 
     def __init__(self, lengths: list[int], global_batch: int, seed: int, group_by_length: bool, rank: int,

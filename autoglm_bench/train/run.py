@@ -243,8 +243,9 @@ def classify(model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: l
             scores = torch.log_softmax(model(**enc).logits.float(), -1).tolist()
             tokens += int(enc["attention_mask"].sum())
             for ex, s in zip(examples[b : b + size], scores):
-                predictions.append({"id": ex.id, "target": ex.target, "prediction": max(range(len(s)), key=s.__getitem__),
-                                    "scores": s, "choices": ex.choices})
+                best = max(range(len(s)), key=s.__getitem__)
+                predictions.append({"id": ex.id, "target": ex.target, "prediction": best, "scores": s,
+                                    "choices": ex.choices})
     return predictions, time.perf_counter() - start, tokens
 
 
