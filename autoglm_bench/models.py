@@ -259,6 +259,11 @@ def apply_peft(model: Any, peft: PeftConfig, task_type: str) -> Any:
             task_type=task_type, r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, target_modules=targets
         )
     elif peft.method == "prefix":
+        if task_type != "CAUSAL_LM" and not _takes_past_key_values(model):
+            raise ConfigError(
+                f"peft=prefix needs a model that takes past key values; {model.config.model_type} "
+                f"({type(model).__name__}) does not; use peft=lora or peft=prompt_tuning"
+            )
         config = peft_lib.PrefixTuningConfig(
             task_type=task_type, num_virtual_tokens=peft.num_virtual_tokens, prefix_projection=peft.prefix_projection
         )
@@ -267,6 +272,15 @@ def apply_peft(model: Any, peft: PeftConfig, task_type: str) -> Any:
     else:
         raise ConfigError(f"unknown peft method {peft.method!r}; allowed: full, lora, prefix, prompt_tuning")
     return peft_lib.get_peft_model(model, config)
+
+
+def _takes_past_key_values(model: Any) -> bool:
+    """Whether a non-causal model (or its backbone) takes ``past_key_values``, the argument through which
+    PEFT feeds prefixes to it (PEFT checks the same name and fails at the first forward pass otherwise)."""
+    import inspect
+
+    return any("past_key_values" in inspect.signature(m.forward).parameters
+               for m in (model, getattr(model, "base_model", model)))
 
 
 def lora_targets(model: Any, peft: PeftConfig) -> list[str]:

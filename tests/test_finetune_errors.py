@@ -13,6 +13,7 @@ CASES = {
     "unknown peft method": (["peft.method=ia3"], ["ia3", "full, lora, prefix, prompt_tuning"]),
     "missing LoRA target": (["peft=lora", "peft.target_modules=[q_proj,query_key_value]"],
                             ["query_key_value", "q_proj", "gate_up_proj"]),
+    "prefix on an encoder": (["model=minilm", "peft=prefix"], ["peft=prefix", "bert", "prompt_tuning"]),
     "batch size 0": (["method.batch_size=0"], ["batch_size", "0"]),
     "unknown precision": (["trainer.precision=bf17"], ["bf17", "bf16-mixed"]),
     "unknown scheduler": (["optim.scheduler=step"], ["step", "cosine"]),
