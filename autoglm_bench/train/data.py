@@ -156,7 +156,7 @@ class TaskDataModule(pl.LightningDataModule):
         # Every process scores the whole (small) dev set, so dev metrics agree across processes.
         return DataLoader(self.dev_set or [], batch_size=self.run.method.eval_batch_size, collate_fn=self.collate)
 
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return pad_batch(rows, self.tokenizer.pad_token_id, left=not self.classifier)
 
 
@@ -203,10 +203,10 @@ def pack(rows: list[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
     return packed
 
 
-def pad_batch(rows: list[dict[str, Any]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+def pad_batch(rows: list[dict[str, Any]], pad_id: int, left: bool) -> dict[str, Any]:
     """Pad ``input_ids`` (with ``pad_id``), token ``labels`` (with IGNORE) and ``position_ids`` to the
-    longest row; add ``attention_mask``. Integer labels (classification) and dev bookkeeping
-    (``example``, ``choice``) become 1-D tensors."""
+    longest row; add ``attention_mask`` and, for left-padded causal rows, ``logits_to_keep``. Integer
+    labels (classification) and dev bookkeeping (``example``, ``choice``) become 1-D tensors."""
     width = max(len(r["input_ids"]) for r in rows)
 
     def padded(values: list[int], fill: int) -> list[int]:
@@ -219,6 +219,11 @@ def pad_batch(rows: list[dict[str, Any]], pad_id: int, left: bool) -> dict[str, 
     }
     if isinstance(rows[0]["labels"], list):
         batch["labels"] = torch.tensor([padded(r["labels"], IGNORE) for r in rows])
+        if left and "position_ids" not in rows[0]:
+            # Left-padded rows end with their answers: the model need project only the positions from
+            # just before the earliest answer token on (computed here, on the host, to spare a sync).
+            first = [next(i for i, t in enumerate(r["labels"]) if t != IGNORE) for r in rows]
+            batch["logits_to_keep"] = max(len(r["labels"]) - f for r, f in zip(rows, first)) + 1
     else:
         batch["labels"] = torch.tensor([r["labels"] for r in rows])
     if "position_ids" in rows[0]:

@@ -95,18 +95,12 @@ class FinetuneModule(pl.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels aligned with them). A causal LM projects only the last K positions, K covering
-        every row's answer (rows are left-padded); packed rows need them all."""
+        every row's answer (``logits_to_keep``, computed by the collate function; default: all)."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         labels = batch["labels"]
         if self.classifier:
             return self.model(**inputs).logits, labels
-        if "position_ids" in batch:
-            keep = labels.shape[1]
-        else:
-            answer = (labels != IGNORE).float()
-            first = answer.argmax(1)  # first answer position of each row
-            keep = int(labels.shape[1] - first.min().item()) + 1
-        keep = min(keep, labels.shape[1])
+        keep = min(int(batch.get("logits_to_keep", labels.shape[1])), labels.shape[1])
         logits = self.model(**inputs, logits_to_keep=keep).logits
         # prompt tuning prepends virtual tokens to the sequence; the last K positions are still ours
         return logits[:, -keep:], labels[:, -keep:]
