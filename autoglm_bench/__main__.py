@@ -68,7 +68,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as exc:
-        write_results(run_dir, {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+        status = "pruned" if type(exc).__name__ == "TrialPruned" else "failed"  # a sweeper's pruner stopped it
+        write_results(run_dir, {**record, "status": status, "error": f"{type(exc).__name__}: {exc}",
                                 "traceback": traceback.format_exc(), "metrics": {}, "predictions": [],
                                 "timings": {}, "cost": {}, "env": env_info()})
         raise
@@ -96,7 +97,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     n = record["cost"]["examples_scored"]
     print(f"{record['task']} | {record['model']} | {record['method']} | n={n} | {shown}")
     print(f"run dir: {run_dir}")
-    return next(iter(metrics.values()), None)  # the objective a Hydra sweeper optimises
+    # The objective a Hydra sweeper optimises: a method's own (finetune: the dev metric), else the first metric.
+    return record.get("objective", next(iter(metrics.values()), None))
 
 
 def describe_hydra_error(exc: BaseException) -> str:

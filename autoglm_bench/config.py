@@ -174,6 +174,7 @@ class HpoConfig:
     pruner: str = "median"  # median | hyperband | none
     storage: str | None = None  # RDB URL; null: sqlite in the run directory
     study_name: str | None = None
+    trial_number: int | None = None  # set by hydra/sweeper=optuna: report to this trial of study_name
     # config key -> "loguniform(a,b)" | "uniform(a,b)" | "int(a,b)" | "choice(x,y,...)"
     space: dict[str, str] = field(default_factory=dict)
 

@@ -83,6 +83,22 @@ def make_study(run: RunConfig, run_dir: Path, direction: str) -> optuna.Study:
                                load_if_exists=True)
 
 
+def sweeper_trial_callback(run: RunConfig) -> Any:
+    """The pruning callback of trial ``hpo.trial_number`` in study ``hpo.study_name`` at ``hpo.storage``,
+    for a job launched by ``hydra/sweeper=optuna`` (the sweeper asked for the trial; this process reports
+    the trial's dev metric after each validation epoch and stops when the pruner says so)."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from .run import monitor_of
+
+    if not run.hpo.storage or not run.hpo.study_name:
+        raise ConfigError("hpo.trial_number needs hpo.storage and hpo.study_name (the sweeper sets all three)")
+    study = optuna.load_study(study_name=run.hpo.study_name, storage=run.hpo.storage)
+    # Optuna has no public "trial by number" handle; this is how a worker rejoins a trial it was given.
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, run.hpo.trial_number)
+    return PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor=monitor_of(run.task)[0])
+
+
 def run_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Run ``hpo.n_trials`` trials, then train and evaluate the best configuration (see module docstring)."""
     from optuna_integration import PyTorchLightningPruningCallback

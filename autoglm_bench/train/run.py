@@ -27,6 +27,10 @@ def run_finetune(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         from .hpo import run_search
 
         return run_search(run, run_dir)
+    if run.hpo.trial_number is not None:  # one trial of a study that a sweeper drives
+        from .hpo import sweeper_trial_callback
+
+        return finetune(run, run_dir, callbacks=[sweeper_trial_callback(run)])
     return finetune(run, run_dir)
 
 
@@ -120,11 +124,13 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
     }
     dev_metrics = stats.dev_curve[-1] if stats.dev_curve else {}
     dev_metrics = {k.removeprefix("dev/"): v for k, v in dev_metrics.items() if k.startswith("dev/")}
+    objective = dev_metrics.get(monitor_of(task.cfg)[0].removeprefix("dev/"))  # what a sweeper optimises
     if run.method.save_model:
         training["saved_model"] = save_weights(model, tokenizer, run_dir / ("adapter" if run.peft.method != "full"
                                                                              else "model"))
     if not evaluate:
-        return {"training": training, "dev_metrics": dev_metrics, "timings": {"load_s": load_s, "train_s": train_s}}
+        return {"training": training, "dev_metrics": dev_metrics, "objective": objective,
+                "timings": {"load_s": load_s, "train_s": train_s}}
 
     model = _unwrap(model).to(device).eval()
     examples = render_rows(task, run, task.rows["eval"], tokenizer if run.prompt.chat_template else None)[0]
@@ -148,6 +154,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
     return {
         "metrics": metrics,
         "dev_metrics": dev_metrics,
+        "objective": objective,
         "predictions": predictions,
         "training": training,
         "timings": {"load_s": load_s, "train_s": train_s, "eval_s": eval_s,
