@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.utils import JobStatus
@@ -30,11 +29,16 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+if TYPE_CHECKING:  # optuna is imported when a sweep starts, not when Hydra scans its plugins
+    import optuna
+
 log = logging.getLogger(__name__)
 
 
 def distribution(override: Override) -> optuna.distributions.BaseDistribution:
     """The Optuna distribution of one sweep override."""
+    import optuna
+
     sweep = override.value()
     if isinstance(sweep, ChoiceSweep):
         return optuna.distributions.CategoricalDistribution(list(override.sweep_iterator()))
@@ -50,6 +54,8 @@ def distribution(override: Override) -> optuna.distributions.BaseDistribution:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -58,6 +64,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    import optuna
+
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
                "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
     if name not in pruners:
@@ -85,6 +93,8 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> optuna.Study:
+        import optuna
+
         assert self.config is not None and self.launcher is not None
         parser = OverridesParser.create()
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
@@ -117,6 +127,8 @@ class OptunaSweeper(Sweeper):
 
     @staticmethod
     def _tell(study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
+        import optuna
+
         if ret.status == JobStatus.COMPLETED and ret.return_value is not None:
             study.tell(trial, float(ret.return_value))
             return
