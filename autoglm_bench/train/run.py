@@ -3,6 +3,7 @@ the weights, then score the eval split with the core scorer and the task's metri
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -143,7 +144,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         method = run.method
         if run.peft.method in ("prefix", "prompt_tuning"):
             # Virtual tokens do not survive the batched scorer's KV-cache reuse; the naive one is exact.
-            method = type(method)(**{**vars(method), "scorer": "naive"})
+            method = dataclasses.replace(method, scorer="naive")
         lm = LoadedModel(name=run.model.name, model=model, tokenizer=tokenizer, device=device, dtype=torch.float32,
                          fingerprint="finetuned", max_length=max_length)
         with torch.inference_mode():
