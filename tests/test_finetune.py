@@ -125,27 +125,29 @@ def test_lora_adapter_is_saved_as_safetensors(tmp_path):
     assert not list(folder.glob("*.bin"))
 
 
-def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(tmp_path):
-    """Two epochs straight through, saving a checkpoint after the first; then a second run resumes from
-    that checkpoint. Same final loss and same last loss curve points (epoch-boundary checkpoint)."""
+@pytest.mark.parametrize("every", ["every_n_train_steps: 5", "every_n_epochs: 1"])
+def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(every, tmp_path):
+    """Two epochs (12 steps each) straight through, keeping checkpoints; then a second run resumes from
+    the first one kept (mid-epoch at step 5, or at the end of epoch 0). From there on the resumed run
+    has the same per-step losses, the same final loss and the same eval metrics."""
     from autoglm_bench.train.run import finetune
 
     mid = tmp_path / "mid"
-    keep_every_epoch = ("+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-                        f"dirpath: '{mid}', every_n_epochs: 1, save_top_k: -1, filename: 'epoch{{epoch}}', "
-                        "auto_insert_metric_name: false}]")
+    keep = ("+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+            f"dirpath: '{mid}', {every}, save_top_k: -1, filename: 'step{{step}}', "
+            "auto_insert_metric_name: false}]")
     common = [*finetune_overrides("lora", steps=-1), "trainer.max_epochs=2", "trainer.val_every_n_steps=null"]
-    straight = finetune(compose([*common, keep_every_epoch]), tmp_path / "straight")
-    ckpt = mid / "epoch0.ckpt"
-    assert ckpt.is_file(), list(mid.iterdir())
-    resumed = finetune(compose([*common, f"trainer.resume_from={ckpt}"]), tmp_path / "resumed")
+    straight = finetune(compose([*common, keep]), tmp_path / "straight")
+    first = min(mid.glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
+    assert first.name == ("step5.ckpt" if "steps" in every else "step12.ckpt")
+    resumed = finetune(compose([*common, f"trainer.resume_from={first}"]), tmp_path / "resumed")
 
     a = straight["training"]["loss_curve"]
     b = resumed["training"]["loss_curve"]
-    assert b[0]["step"] > a[0]["step"] and b[-1]["step"] == a[-1]["step"]
-    tail = {p["step"]: p["loss"] for p in a[-len(b):]}
+    assert b[0]["step"] == int(first.stem[4:]) + 1 and b[-1]["step"] == a[-1]["step"] == 24
+    tail = {p["step"]: p["loss"] for p in a}
     for point in b:
-        assert point["loss"] == pytest.approx(tail[point["step"]], abs=1e-5)
+        assert point["loss"] == pytest.approx(tail[point["step"]], abs=1e-6), point
     assert resumed["metrics"] == pytest.approx(straight["metrics"])
 
 

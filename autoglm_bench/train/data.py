@@ -81,6 +81,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.train_set: Any = None
         self.dev_set: Any = None
         self.dev_examples: list[Any] = []
+        self._sampler: ShardedOrder | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, indices of it already trained on)
         self.train_rows, self.dev_rows = split_rows(task, run)
 
     # ------------------------------------------------------------ building
@@ -149,8 +151,29 @@ class TaskDataModule(pl.LightningDataModule):
             world=world,
             epoch=lambda: trainer.current_epoch if trainer is not None else 0,
         )
+        if self._resume is not None:
+            sampler.resume_at(*self._resume)
+        self._sampler = sampler
         return DataLoader(self.train_set, batch_size=self.run.method.batch_size, sampler=sampler,
                           collate_fn=self.collate)
+
+    # A checkpoint records where in the epoch training was, so a run resumed from a mid-epoch checkpoint
+    # goes on with exactly the batches the interrupted run had not trained on yet. (Lightning's own
+    # loader-state mechanism does not restore when configure_optimizers reads estimated_stepping_batches.)
+
+    def state_dict(self) -> dict[str, int]:
+        if self.trainer is None:
+            return {}
+        # "processed" counts batches whose optimiser work is done, the current one included when the
+        # checkpoint is taken in on_train_batch_end; the loader itself runs a batch ahead.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = (state["epoch"], state["batches_done"] * self.run.method.batch_size)
+            if self._sampler is not None:
+                self._sampler.resume_at(*self._resume)
 
     def val_dataloader(self) -> DataLoader:
         # Every process scores the whole (small) dev set, so dev metrics agree across processes.
@@ -247,6 +270,12 @@ class ShardedOrder(Sampler[int]):
                  world: int, epoch: Any):
         self.lengths, self.global_batch, self.seed = lengths, global_batch, seed
         self.group_by_length, self.rank, self.world, self.epoch = group_by_length, rank, world, epoch
+        self._resume: tuple[int, int] | None = None  # (epoch, indices of it already used)
+
+    def resume_at(self, epoch: int, used: int) -> None:
+        """Start the next iteration ``used`` indices into epoch ``epoch``'s order (if that epoch is the one
+        iterated next, and not already finished)."""
+        self._resume = (epoch, used)
 
     def global_order(self) -> list[int]:
         rng = random.Random(self.seed + self.epoch())
@@ -263,7 +292,12 @@ class ShardedOrder(Sampler[int]):
         return order[: len(order) - len(order) % self.world]
 
     def __iter__(self):
-        return iter(self.global_order()[self.rank :: self.world])
+        # A generator: the order is computed at the first batch, after Lightning restored a checkpoint.
+        mine = self.global_order()[self.rank :: self.world]
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch() and resume[1] < len(mine):
+            mine = mine[resume[1] :]
+        yield from mine
 
     def __len__(self) -> int:
         return len(self.lengths) // self.world

@@ -104,6 +104,8 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        # TaskDataModule restores the place in the epoch itself (see its state_dict)
+        warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
         trainer.fit(module, datamodule=data, ckpt_path=run.trainer.resume_from, weights_only=True)
     train_s = time.perf_counter() - train_start
     if not trainer.is_global_zero:
