@@ -122,7 +122,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         "dev_rows": [r["_id"] for r in data.dev_rows],
         "optimizer_steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "stopped_early": bool(trainer.early_stopping_callback and trainer.early_stopping_callback.stopped_epoch),
+        "stopped_early": _stopped_early(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
     }
     dev_metrics = stats.dev_curve[-1] if stats.dev_curve else {}
@@ -269,6 +269,11 @@ def compute_head_metrics(task: Task, predictions: list[dict[str, Any]]) -> dict[
 
 def _unwrap(model: Any) -> Any:
     return getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+
+
+def _stopped_early(trainer: pl.Trainer) -> bool:
+    stopper = trainer.early_stopping_callback
+    return bool(stopper is not None and stopper.wait_count >= stopper.patience)
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
