@@ -115,10 +115,17 @@ def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     json.dumps(result)
 
 
-def test_lora_adapter_is_saved_as_safetensors(tmp_path):
+def test_lora_adapter_is_saved_as_safetensors_and_tokens_are_cached(tmp_path, model_cache):
     from autoglm_bench.train.run import finetune
 
-    out = finetune(compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null"]), tmp_path)
+    run = compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null", "seed=7"])
+    cached = model_cache / "tokenized"
+    before = set(cached.iterdir()) if cached.is_dir() else set()
+    out = finetune(run, tmp_path)
+    made = set(cached.iterdir()) - before
+    assert len(made) == 2  # the training rows and the dev rows (seed 7 picks rows no other test uses)
+    finetune(run, tmp_path / "again")
+    assert set(cached.iterdir()) - before == made  # the second run reads them back
     folder = tmp_path / "adapter"
     assert out["training"]["saved_model"] == str(folder)
     assert (folder / "adapter_model.safetensors").is_file()

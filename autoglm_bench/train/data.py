@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -198,7 +199,7 @@ def cached_map(columns: dict[str, list], encode, key: str) -> list[dict[str, Any
         staging = tempfile.mkdtemp(dir=folder.parent, prefix=f".{digest}-")
         try:
             ds.save_to_disk(staging)
-            shutil.move(staging, folder)  # another process may have won the race; either copy is the same
+            Path(staging).rename(folder)  # fails if another process won the race; either copy is the same
         except OSError:
             if not (folder / "dataset_info.json").is_file():
                 raise
