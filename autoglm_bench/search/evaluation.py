@@ -43,7 +43,7 @@ def split_rows(task: Task, test_fraction: float, demo_pool: int, seed: int) -> S
     first minibatch is a random sample and every trial sees the same examples in the same order.
 
     >>> s = split_rows(task, test_fraction=0.5, demo_pool=1000, seed=0)  # doctest: +SKIP
-    >>> len(s.dev) + len(s.test) == len(task.rows["eval"])
+    >>> len(s.dev) + len(s.test) == len(task.rows["eval"])  # doctest: +SKIP
     True
     """
     rng = random.Random(seed)
@@ -55,7 +55,8 @@ def split_rows(task: Task, test_fraction: float, demo_pool: int, seed: int) -> S
         n_test = max(1, round(test_fraction * len(rows)))
         if n_test >= len(rows):
             raise ConfigError(f"the eval split has {len(rows)} rows: too few to hold out a test part")
-        test, dev = sorted(rows[:n_test], key=task.rows["eval"].index), rows[n_test:]
+        position = {r["_id"]: i for i, r in enumerate(task.rows["eval"])}
+        test, dev = sorted(rows[:n_test], key=lambda r: position[r["_id"]]), rows[n_test:]
         source = f"seeded {test_fraction:g} of split {task.cfg.splits['eval']!r} (seed {seed})"
     pool = list(task.rows.get("train", []))
     if len(pool) > demo_pool:

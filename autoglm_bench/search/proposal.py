@@ -34,11 +34,16 @@ def instruction_history(trials: list[Any], limit: int) -> list[tuple[str, float]
 def meta_prompt(task_name: str, history: list[tuple[str, float]]) -> str:
     """The meta-prompt shown to the proposer.
 
-    >>> print(meta_prompt("sst2", [("Classify it.", 0.61), ("Is it positive?", 0.8)]))  # doctest: +NORMALIZE_WHITESPACE
-    Your task is to write an instruction for the task "sst2". ...
+    >>> print(meta_prompt("sst2", [("Classify it.", 0.61), ("Is it positive?", 0.8)]))  # doctest: +ELLIPSIS
+    Your task is to write an instruction for the task "sst2". Below are earlier instructions ...
     Instruction: Classify it.
     Accuracy: 61.0%
-    ...
+    <BLANKLINE>
+    Instruction: Is it positive?
+    Accuracy: 80.0%
+    <BLANKLINE>
+    Write a new instruction, different from all of the above, with a higher accuracy.
+    Instruction:
     """
     body = "".join(f"Instruction: {text}\nAccuracy: {100 * score:.1f}%\n\n" for text, score in history)
     return META_PROMPT_HEAD.format(task=task_name) + body + META_PROMPT_TAIL

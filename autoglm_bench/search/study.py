@@ -95,12 +95,30 @@ def open_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: int):
         try:
             storage = RDBStorage(url, heartbeat_interval=s.heartbeat_s, grace_period=2 * s.heartbeat_s,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            if url.startswith("sqlite"):
+                tune_sqlite(storage.engine)
             return optuna.create_study(
                 storage=storage, study_name=s.study_name or default_study_name(run, space), directions=directions,
                 sampler=make_sampler(s, space, run.seed), pruner=make_pruner(s, n_dev), load_if_exists=True,
             )
         except Exception as exc:  # bad URL, missing driver, unreachable server, directions clash
             raise ConfigError(f"search.storage {safe_url(url)!r} cannot be opened: {one_line(exc)}") from exc
+
+
+def tune_sqlite(engine: Any) -> None:
+    """WAL journal and ``synchronous=NORMAL`` on every connection: Wilcoxon pruning reports one value per
+    dev example, and a full fsync per report made storage writes ~6x slower than this. A killed process
+    still loses nothing committed; only an OS crash or power loss could drop the last transactions."""
+    from sqlalchemy import event
+
+    def pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened before the listener existed get the pragmas when reopened
 
 
 def safe_url(url: str) -> str:
