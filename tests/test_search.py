@@ -232,3 +232,17 @@ def test_nearest_demos_pick_the_most_similar_rows():
     demos = nearest_demos(task, prompt, minilm_embedder(), task.rows["eval"][:2])
     assert [d[0]["_id"] for d in demos] == [r["_id"] for r in task.rows["eval"][:2]]
     assert all(len(d) == 3 for d in demos)
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [("gp", "successive_halving"), ("random", "hyperband")])
+def test_halving_pruners_see_running_accuracy_at_minibatch_ends(tmp_path, sampler, pruner):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*SMALL, f"search={sampler}", f"search.pruner={pruner}", "search.n_trials=3",
+                   "search.space.demo_selection=[random]", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    trials = finished_trials(run_dir)
+    assert len(trials) == 3 and read_results(run_dir)["search"]["sampler"] == sampler
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == ([32, 64, 100] if t.state.name == "COMPLETE" else [32, 64, 100][: len(steps)])
+        assert t.intermediate_values[steps[-1]] == t.user_attrs["dev_acc"]
