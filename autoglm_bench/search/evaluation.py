@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import ConfigError, PromptConfig
@@ -84,15 +84,10 @@ class Evaluator:
     hits: int = 0
     tokens: int = 0
     seconds: float = 0.0
-    _tasks: dict[str, Task] = field(default_factory=dict)
-
     def render(self, cand: Candidate, rows: list[dict[str, Any]]) -> list[Example]:
         """``rows`` rendered with the candidate's template, instruction, label words and demos."""
-        if cand.verbalizer not in self._tasks:
-            cfg = dataclasses.replace(self.task.cfg, choices=self.verbalizers[cand.verbalizer])
-            self._tasks[cand.verbalizer] = Task(cfg=cfg, hook=self.task.hook, rows={"train": self.pool})
-        task = self._tasks[cand.verbalizer]
-        view = Task(cfg=task.cfg, hook=task.hook, rows={"train": self.pool, "eval": rows})
+        cfg = dataclasses.replace(self.task.cfg, choices=self.verbalizers[cand.verbalizer])
+        view = Task(cfg=cfg, hook=self.task.hook, rows={"train": self.pool, "eval": rows})
         return render_examples(view, cand.prompt_config(self.base_prompt), self.seed, embed=self.embed)
 
     def contexts(self, examples: list[Example]) -> list[str]:

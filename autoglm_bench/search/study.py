@@ -212,6 +212,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     ``search`` section: study, storage, trial counts, best parameters, split provenance, output files.
     """
     import optuna
+    from optuna.trial import TrialState
 
     from ..prompts import minilm_embedder
     from .outputs import TrialLogger, write_outputs
@@ -243,8 +244,10 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     search_start = time.perf_counter()
     if wanted > finished_before:
         print(f"study {study.study_name}: {finished_before} of {wanted} trials finished; running the rest")
+        # Several workers may share one storage: each stops once the study as a whole has enough.
+        enough = optuna.study.MaxTrialsCallback(wanted, states=(TrialState.COMPLETE, TrialState.PRUNED))
         study.optimize(Objective(run, space, evaluator, splits, proposer), n_trials=wanted - finished_before,
-                       catch=(Exception,), callbacks=[logger], gc_after_trial=False)
+                       catch=(Exception,), callbacks=[logger, enough], gc_after_trial=False)
     search_s = time.perf_counter() - search_start
     logger.close()
 
