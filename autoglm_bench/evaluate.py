@@ -9,7 +9,7 @@ from .config import ConfigError, MethodConfig, RunConfig, resolve_data_dir
 from .models import LoadedModel, load_model
 from .prompts import Example, prompt_text, render_examples
 from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_naive
-from .tasks import Task, extract_answer, load_task
+from .tasks import Task, choice_prediction, extract_answer, load_task
 
 
 def run_evaluate(run: RunConfig) -> dict[str, Any]:
@@ -57,16 +57,7 @@ def score_examples(
             lls, stats = loglikelihood_naive(lm, requests)
         else:
             lls, stats = loglikelihood(lm, requests, batch_size=batch_size)
-        predictions = [
-            {
-                "id": ex.id,
-                "target": ex.target,
-                "prediction": max(range(len(scores)), key=scores.__getitem__),
-                "scores": scores,
-                "choices": ex.choices,
-            }
-            for ex, scores in zip(examples, lls)
-        ]
+        predictions = choice_predictions(examples, lls)
     else:
         gen = task.cfg.generation
         outputs, stats = generate_until(lm, contexts, gen.until, gen.max_new_tokens, batch_size=batch_size)
@@ -75,3 +66,17 @@ def score_examples(
             for ex, out in zip(examples, outputs)
         ]
     return predictions, stats, contexts
+
+
+def choice_predictions(examples: list[Example], lls: list[list[float]]) -> list[dict[str, Any]]:
+    """Per-example multiple-choice prediction records, in the results.json layout."""
+    return [
+        {
+            "id": ex.id,
+            "target": ex.target,
+            "prediction": choice_prediction("acc", scores, ex.choices),
+            "scores": scores,
+            "choices": ex.choices,
+        }
+        for ex, scores in zip(examples, lls)
+    ]

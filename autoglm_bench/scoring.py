@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from .models import LoadedModel
@@ -88,7 +88,7 @@ def loglikelihood(
 
     start = time.perf_counter()
     encoded = encode_requests(lm, requests)
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i].context) + max(map(len, encoded[i].continuations))))
+    order = sorted(range(len(encoded)), key=lambda i: -_longest(encoded[i]))
     results: list[list[float]] = [[] for _ in encoded]
     stats = ScoreStats(examples=len(encoded))
     bar = _progress(len(encoded), progress)
@@ -102,6 +102,10 @@ def loglikelihood(
     bar.close()
     stats.seconds = time.perf_counter() - start
     return results, stats
+
+
+def _longest(e: _Encoded) -> int:
+    return len(e.context) + max(map(len, e.continuations))
 
 
 @dataclass
@@ -260,7 +264,7 @@ def _cache_of(output: Any) -> Any:
     return output.get("cache", None) or output.get("past_key_values")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_kwarg(model_class: type) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; accept either."""
     import inspect

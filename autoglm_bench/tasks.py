@@ -178,15 +178,19 @@ def compute_metrics(names: list[str], predictions: list[dict[str, Any]]) -> dict
         if name == "exact_match":
             out[name] = float(np.mean([p["prediction"] == p["target"] for p in predictions]))
             continue
-        if name == "acc_norm":
-            pred = np.array([
-                int(np.argmax(np.asarray(p["scores"]) / np.array([float(len(c)) for c in p["choices"]])))
-                for p in predictions
-            ])
-        else:
-            pred = np.array([int(np.argmax(p["scores"])) for p in predictions])
+        rule = "acc_norm" if name == "acc_norm" else "acc"
+        pred = np.array([choice_prediction(rule, p["scores"], p["choices"]) for p in predictions])
         out[name] = macro_f1(gold, pred) if name == "f1" else float(np.mean(pred == gold))
     return out
+
+
+def choice_prediction(metric: str, scores: list[float], choices: list[str]) -> int:
+    """The index a multiple-choice metric picks: ``acc`` the highest log-likelihood, ``acc_norm`` the
+    highest log-likelihood per character of the choice; ties go to the first (numpy's argmax)."""
+    values = np.asarray(scores, dtype=float)
+    if metric == "acc_norm":
+        values = values / np.array([float(len(c)) for c in choices])
+    return int(np.argmax(values))
 
 
 def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:

@@ -58,7 +58,8 @@ if not torch.cuda.is_available():
 def test_bad_input_fails_with_one_line(tmp_path, overrides, files, expected):
     args = [*overrides, f"hydra.run.dir={tmp_path / 'run'}"]
     if files is not None:
-        args.append(f"data_dir={_write_sst2(tmp_path / 'data', files.get('validation', GOOD_ROWS)) if files else tmp_path}")
+        root = _write_sst2(tmp_path / "data", files.get("validation", GOOD_ROWS)) if files else tmp_path
+        args.append(f"data_dir={root}")
     proc = run_cli(*args, env={"AUTOGLM_DATA_DIR": ""})
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode != 0

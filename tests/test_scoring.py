@@ -18,7 +18,8 @@ def _requests(seed: int, n: int) -> list[tuple[str, list[str]]]:
         context = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 40)))
         if rng.random() < 0.3:
             context += " "  # a trailing space moves to the continuation, as in lm-evaluation-harness
-        choices = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 5))]
+        n_choices = rng.randint(1, 5)
+        choices = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for _ in range(n_choices)]
         out.append((context, choices))
     return out
 

@@ -11,7 +11,7 @@ from ..config import ConfigError, PromptConfig
 from ..models import LoadedModel
 from ..prompts import Embedder, Example, prompt_text, render_examples
 from ..scoring import loglikelihood
-from ..tasks import Task
+from ..tasks import Task, choice_prediction
 from .cache import EvalCache
 from .space import Candidate
 
@@ -124,27 +124,9 @@ class Evaluator:
 
 
 def is_correct(metric: str, lls: list[float], example: Example) -> float:
-    """1.0 when the example's prediction under ``metric`` (acc: argmax of log-likelihood; acc_norm: of
-    log-likelihood per character of the choice) is the gold choice, else 0.0."""
-    if metric == "acc_norm":
-        values = [ll / max(1, len(c)) for ll, c in zip(lls, example.choices)]
-    else:
-        values = lls
-    return float(max(range(len(values)), key=values.__getitem__) == example.target)
-
-
-def predictions(examples: list[Example], lls: list[list[float]]) -> list[dict[str, Any]]:
-    """Per-example prediction records in the results.json layout (as method=evaluate writes them)."""
-    return [
-        {
-            "id": ex.id,
-            "target": ex.target,
-            "prediction": max(range(len(s)), key=s.__getitem__),
-            "scores": s,
-            "choices": ex.choices,
-        }
-        for ex, s in zip(examples, lls)
-    ]
+    """1.0 when the example's prediction under ``metric`` (the task's definition of acc or acc_norm) is the
+    gold choice, else 0.0."""
+    return float(choice_prediction(metric, lls, example.choices) == example.target)
 
 
 def minibatch_ends(n: int, first: int) -> list[int]:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CONF_DIR, ConfigError, ModelConfig, RunConfig, SearchConfig, one_line, resolve_data_dir
+from ..evaluate import choice_predictions
 from ..models import LoadedModel, cache_dir, load_model
 from ..tasks import load_task
 from .cache import EvalCache
-from .evaluation import Evaluator, Splits, is_correct, minibatch_ends, predictions, split_rows
+from .evaluation import Evaluator, Splits, is_correct, minibatch_ends, split_rows
 from .proposal import instruction_history, meta_prompt, propose_instruction
 from .space import PROPOSED, Candidate, PromptSpace, candidate_from_params
 
@@ -256,7 +257,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     final: dict[str, Any] = {}
     for part, rows in (("dev", splits.dev), ("test", splits.test)):
         examples = evaluator.render(cand, rows)
-        final[part] = predictions(examples, evaluator.score(examples))
+        final[part] = choice_predictions(examples, evaluator.score(examples))
         final[part + "_prompt"] = evaluator.contexts(examples[:1])[0]
     metrics = {f"{part}_{k}": v for part in ("dev", "test") for k, v in task.hook.score(final[part]).items()}
     trials = study.get_trials(deepcopy=False)
