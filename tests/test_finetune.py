@@ -189,3 +189,22 @@ def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
     # 96 rows of ~15 tokens pack into ~12 rows of <= 128 tokens: 2 batches per epoch
     assert training["optimizer_steps"] < 30 and training["stopped_early"]
     assert len(training["dev_curve"]) >= 2
+
+
+@pytest.mark.parametrize("peft", ["full", "lora", "prompt_tuning"])
+def test_minilm_classification_head_trains_with_each_peft_method(peft, tmp_path):
+    """The real pretrained MiniLM with a classification head: only the intended weights move (the head
+    always trains), and eval metrics come from the head's class scores."""
+    from autoglm_bench.train.run import finetune
+
+    run = compose(["task=toy_sentiment", "model=minilm", "method=finetune", f"peft={peft}", "limit=32",
+                   "method.batch_size=8", "method.dev_size=8", "trainer.max_steps=4", "logger=none",
+                   "method.save_model=false", "trainer.checkpoint=false", "optim.lr=1e-3"])
+    snap = Snapshot()
+    out = finetune(run, tmp_path, callbacks=[snap])
+    changed = {k for k in snap.before if not torch.equal(snap.before[k], snap.after[k])}
+    assert changed and changed <= snap.trainable
+    assert any("classifier" in k for k in changed)
+    if peft != "full":
+        assert all("classifier" in k or TRAINABLE[peft] in k for k in snap.trainable), snap.trainable
+    assert set(out["metrics"]) == {"acc"} and len(out["predictions"]) == 32

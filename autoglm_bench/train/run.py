@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 
 from ..config import ConfigError, RunConfig, TaskConfig, TrainerConfig, resolve_data_dir
-from ..evaluate import score_examples
+from ..evaluate import choice_predictions, score_examples
 from ..models import LoadedModel, load_for_training, resolve_device
 from ..tasks import Task, load_task
 from .callbacks import TrainStats
@@ -243,20 +243,16 @@ def classify(model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: l
     """Predictions of a classification head on rendered examples: (predictions, seconds, tokens)."""
     from ..prompts import prompt_text
 
-    start, tokens, predictions = time.perf_counter(), 0, []
+    start, tokens, scores = time.perf_counter(), 0, []
     contexts = [prompt_text(task.cfg, ex.messages) for ex in examples]
     size = run.method.eval_batch_size
     with torch.inference_mode():
         for b in range(0, len(examples), size):
             enc = tokenizer(contexts[b : b + size], padding=True, truncation=True, max_length=run.model.max_length,
                             return_tensors="pt").to(device)
-            scores = torch.log_softmax(model(**enc).logits.float(), -1).tolist()
+            scores += torch.log_softmax(model(**enc).logits.float(), -1).tolist()
             tokens += int(enc["attention_mask"].sum())
-            for ex, s in zip(examples[b : b + size], scores):
-                best = max(range(len(s)), key=s.__getitem__)
-                predictions.append({"id": ex.id, "target": ex.target, "prediction": best, "scores": s,
-                                    "choices": ex.choices})
-    return predictions, time.perf_counter() - start, tokens
+    return choice_predictions(examples, scores), time.perf_counter() - start, tokens
 
 
 def compute_head_metrics(task: Task, predictions: list[dict[str, Any]]) -> dict[str, float]:
