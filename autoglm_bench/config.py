@@ -322,7 +322,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
     >>> from omegaconf import OmegaConf
     >>> validate(OmegaConf.structured(RunConfig(limit=-1)))  # doctest: +SKIP
-    ConfigError: limit must be >= 0, got -1
+    ConfigError: limit must be a positive number of examples (or null for all), got -1
     """
     if isinstance(cfg, DictConfig):
         try:
