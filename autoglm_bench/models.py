@@ -88,25 +88,12 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     'glm4'
     """
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
     path = model_path(cfg)
-    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=None if cfg.allow_pickle else True, **common
-        )
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"could not load model {cfg.name!r} from {path!r}: {first}") from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = _from_pretrained(cfg, path, AutoModelForCausalLM, dtype)
     model.to(device).eval()
     torch.set_grad_enabled(False)
     return LoadedModel(
@@ -118,6 +105,28 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         fingerprint=_fingerprint(path, cfg, model),
         max_length=min(cfg.max_length, getattr(model.config, "max_position_embeddings", None) or cfg.max_length),
     )
+
+
+def _from_pretrained(cfg: ModelConfig, path: str, auto_class: Any, dtype: Any, **extra: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) from a hub id or folder: safetensors unless ``allow_pickle``, remote code only
+    when trusted, a pad token set; any loading failure is a one-line :class:`ConfigError`."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        model = auto_class.from_pretrained(
+            path, dtype=dtype, use_safetensors=None if cfg.allow_pickle else True, **extra, **common
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"could not load model {cfg.name!r} from {path!r}: {first}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
 
 
 def _fingerprint(path: str, cfg: ModelConfig, model: Any) -> str:
@@ -217,26 +226,12 @@ def load_for_training(cfg: ModelConfig, peft: PeftConfig, num_labels: int | None
     causal LM. A LoRA target module the model lacks is a :class:`ConfigError`, raised before training.
     """
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
     torch.set_grad_enabled(True)  # load_model turns it off process-wide for scoring
-    path = model_path(cfg)
-    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = auto.from_pretrained(
-            path, dtype=torch.float32, use_safetensors=None if cfg.allow_pickle else True, **extra, **common
-        )
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"could not load model {cfg.name!r} from {path!r}: {first}") from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = _from_pretrained(cfg, model_path(cfg), auto, torch.float32, **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.train()
