@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import ConfigError, MethodConfig, RunConfig, resolve_data_dir
+from .config import MethodConfig, RunConfig, resolve_data_dir
 from .models import LoadedModel, load_model
-from .prompts import Example, prompt_text, render_examples
+from .prompts import Example, chat_tokenizer, choice_requests, prompt_text, render_examples
 from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_naive
 from .tasks import Task, choice_prediction, extract_answer, load_task
 
@@ -21,12 +21,10 @@ def run_evaluate(run: RunConfig) -> dict[str, Any]:
     task = load_task(run.task, resolve_data_dir(run.data_dir), run.limit)
     examples = render_examples(task, run.prompt, run.seed)
     lm = load_model(run.model)
-    if run.prompt.chat_template and not getattr(lm.tokenizer, "chat_template", None):
-        raise ConfigError(f"prompt.chat_template=true but model {run.model.name!r} has no chat template")
+    chat = chat_tokenizer(run.prompt, lm.tokenizer)
     load_s = time.perf_counter() - start
 
-    chat_tokenizer = lm.tokenizer if run.prompt.chat_template else None
-    predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat_tokenizer)
+    predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat)
     metrics = task.hook.score(predictions)
     return {
         "metrics": metrics,
@@ -50,9 +48,7 @@ def score_examples(
     contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
     batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
-        # After a chat template's assistant header the answer starts the turn: no delimiter.
-        delimiter = "" if chat_tokenizer is not None else task.cfg.target_delimiter
-        requests = [(ctx, [delimiter + c for c in ex.choices]) for ctx, ex in zip(contexts, examples)]
+        requests = choice_requests(task.cfg, contexts, examples, chat=chat_tokenizer is not None)
         if method.scorer == "naive":
             lls, stats = loglikelihood_naive(lm, requests)
         else:

@@ -220,3 +220,24 @@ def prompt_text(task: TaskConfig, messages: list[dict[str, str]], tokenizer: Any
         else:
             parts.append(task.target_delimiter + msg["content"] + task.fewshot_delimiter)
     return "".join(parts)
+
+
+def chat_tokenizer(prompt: PromptConfig, tokenizer: Any) -> Any:
+    """The tokenizer whose chat template formats prompts, or None for plain text.
+
+    A model without a chat template under ``prompt.chat_template=true`` is a :class:`ConfigError`.
+    """
+    if not prompt.chat_template:
+        return None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("prompt.chat_template=true but the model's tokenizer has no chat template")
+    return tokenizer
+
+
+def choice_requests(
+    task: TaskConfig, contexts: list[str], examples: list[Example], chat: bool
+) -> list[tuple[str, list[str]]]:
+    """(context, continuations) scoring requests: each choice after the task's target delimiter, or
+    right after the context under a chat template (the assistant header already starts the answer)."""
+    delimiter = "" if chat else task.target_delimiter
+    return [(ctx, [delimiter + c for c in ex.choices]) for ctx, ex in zip(contexts, examples)]

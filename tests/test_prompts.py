@@ -64,3 +64,17 @@ def test_chat_template_turns(tiny_lm):
 def test_templates_are_sandboxed():
     with pytest.raises(ConfigError):
         render("{{ text.__class__.__mro__[1].__subclasses__() }}", {"text": "x"})
+
+
+def test_chat_prompt_needs_a_chat_template(tiny_lm):
+    from autoglm_bench.prompts import chat_tokenizer
+
+    run, _ = _toy("prompt=chat")
+    assert chat_tokenizer(run.prompt, tiny_lm.tokenizer) is tiny_lm.tokenizer
+    assert chat_tokenizer(compose([]).prompt, tiny_lm.tokenizer) is None
+
+    class Plain:
+        chat_template = None
+
+    with pytest.raises(ConfigError, match="no chat template"):
+        chat_tokenizer(run.prompt, Plain())

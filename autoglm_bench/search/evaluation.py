@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ConfigError, PromptConfig
 from ..models import LoadedModel
-from ..prompts import Embedder, Example, prompt_text, render_examples
+from ..prompts import Embedder, Example, choice_requests, prompt_text, render_examples
 from ..scoring import loglikelihood
 from ..tasks import Task, choice_prediction
 from .cache import EvalCache
@@ -101,9 +101,7 @@ class Evaluator:
 
     def score(self, examples: list[Example]) -> list[list[float]]:
         """Choice log-likelihoods of each example, from the cache where possible."""
-        # After a chat template's assistant header the answer starts the turn: no delimiter.
-        delimiter = "" if self.base_prompt.chat_template else self.task.cfg.target_delimiter
-        requests = [(ctx, [delimiter + c for c in ex.choices]) for ctx, ex in zip(self.contexts(examples), examples)]
+        requests = choice_requests(self.task.cfg, self.contexts(examples), examples, self.base_prompt.chat_template)
         fp = self.lm.fingerprint
         keys = [EvalCache.key(fp, ctx, conts, ex.id) for (ctx, conts), ex in zip(requests, examples)]
         found = self.cache.get(keys)

@@ -215,7 +215,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from ..prompts import minilm_embedder
+    from ..prompts import chat_tokenizer, minilm_embedder
     from .outputs import TrialLogger, write_outputs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -226,8 +226,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     space = PromptSpace.from_config(s.space, task.cfg)
     study = open_study(run, space, run_dir, len(splits.dev))
     lm = load_model(run.model)
-    if run.prompt.chat_template and not getattr(lm.tokenizer, "chat_template", None):
-        raise ConfigError(f"prompt.chat_template=true but model {run.model.name!r} has no chat template")
+    chat_tokenizer(run.prompt, lm.tokenizer)  # fails early for a model without a chat template
     needs_embeddings = "nearest" in space.demo_selection and max(space.k_shot) > 0
     cache_path = s.cache_path or str(cache_dir() / "eval_cache.sqlite")
     evaluator = Evaluator(task=task, lm=lm, cache=EvalCache(cache_path), base_prompt=run.prompt,
