@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import ConfigError, RunConfig
 from ..models import cache_dir
-from ..prompts import demo_answer, prompt_text, render_examples
+from ..prompts import chat_tokenizer, demo_answer, prompt_text, render_examples
 from ..scoring import encode_requests
 from ..tasks import Task
 
@@ -91,7 +91,7 @@ class TaskDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        chat = self.tokenizer if self.run.prompt.chat_template else None
+        chat = chat_tokenizer(self.run.prompt, self.tokenizer)
         examples, contexts, answers = render_rows(self.task, self.run, self.train_rows, chat)
         self.dev_examples, dev_contexts, dev_answers = render_rows(self.task, self.run, self.dev_rows, chat)
         if self.classifier:

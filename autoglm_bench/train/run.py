@@ -16,6 +16,7 @@ import torch
 from ..config import ConfigError, RunConfig, TaskConfig, TrainerConfig, resolve_data_dir
 from ..evaluate import choice_predictions, score_examples
 from ..models import LoadedModel, load_for_training, resolve_device
+from ..prompts import chat_tokenizer
 from ..tasks import Task, load_task
 from .callbacks import TrainStats
 from .data import TaskDataModule, render_rows
@@ -136,7 +137,8 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
                 "timings": {"load_s": load_s, "train_s": train_s}}
 
     model = _unwrap(model).to(device).eval()
-    examples = render_rows(task, run, task.rows["eval"], tokenizer if run.prompt.chat_template else None)[0]
+    chat = chat_tokenizer(run.prompt, tokenizer)
+    examples = render_rows(task, run, task.rows["eval"], chat)[0]
     if classifier:
         predictions, eval_s, tokens = classify(model, tokenizer, task, run, examples, device)
         metrics = compute_head_metrics(task, predictions)
@@ -151,7 +153,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
                          fingerprint="finetuned", max_length=max_length)
         with torch.inference_mode():
             predictions, score_stats, _ = score_examples(lm, task, examples, method,
-                                                         tokenizer if run.prompt.chat_template else None)
+                                                         chat)
         metrics = task.hook.score(predictions)
         eval_s, tokens = score_stats.seconds, score_stats.tokens
     return {
