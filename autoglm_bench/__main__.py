@@ -20,16 +20,17 @@ from .config import CONF_DIR, ConfigError, RunConfig, group_options, one_line, r
 register_schemas()
 
 
-def run_method(run: RunConfig, run_dir: Path) -> dict[str, Any]:
+def run_method(run: RunConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
     """Dispatch to the method's implementation (imported lazily: torch loads only for real work).
 
-    Each returns its part of the result record: metrics, predictions, timings, cost and ``device``
-    (popped before writing), plus any method-specific fields.
+    Each returns its part of the result record: metrics (test rows), dev metrics and the dev ``objective``,
+    predictions, splits, timings, cost and ``device`` (popped before writing), plus method-specific fields.
     """
     if run.method.name == "evaluate":
         from .evaluate import run_evaluate
 
-        return run_evaluate(run)
+        score_dev = run.method.score_dev if run.method.score_dev is not None else multirun
+        return run_evaluate(run, score_dev=score_dev)
     if run.method.name == "finetune":
         from .train.run import run_finetune
 
@@ -41,7 +42,33 @@ def run_method(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     raise ConfigError(f"unknown method {run.method.name!r}")
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def parallel_jobs(cores: int) -> int:
+    """How many jobs the Hydra launcher runs at once (joblib's ``n_jobs``, capped by our sweeper's), else 1."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not under Hydra (tests calling execute directly)
+        return 1
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    if not isinstance(n_jobs, int):
+        return 1
+    if n_jobs < 0:  # joblib: -1 is every core, -2 all but one, ...
+        n_jobs = cores + 1 + n_jobs
+    sweeper_jobs = OmegaConf.select(hydra_cfg, "sweeper.n_jobs", default=None)
+    if isinstance(sweeper_jobs, int) and sweeper_jobs > 0:
+        n_jobs = min(n_jobs, sweeper_jobs)
+    return max(1, n_jobs)
+
+
+def cpu_threads(run: RunConfig) -> int:
+    """``threads=``, else this job's share of the cores it may use: two parallel jobs on 2 cores get one
+    thread each (oversubscribed cores made small models many times slower)."""
+    if run.threads is not None:
+        return run.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // parallel_jobs(cores))
+
+
+def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
     """Run one composed config and write its results.json; returns the result record.
 
     A crash after validation still leaves a results.json with ``status: failed`` and the error, so
@@ -52,8 +79,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(run.seed)
+    torch.set_num_threads(cpu_threads(run))
     from .loggers import log_run
     from .results import env_info, redact, write_results
+    from .stats import METRICS as STAT_METRICS
+    from .stats import metric_stats
 
     record: dict[str, Any] = {
         "task": run.task.name,
@@ -64,7 +94,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     try:
-        out = run_method(run, run_dir)
+        out = run_method(run, run_dir, multirun)
     except ConfigError:
         raise
     except Exception as exc:
@@ -76,7 +106,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if not out.pop("primary", True):  # a non-zero rank of a multi-process run: rank 0 writes the results
         return {**record, **out, "metrics": {}, "cost": {"examples_scored": 0}}
     device = out.pop("device", None)
-    record.update(status="completed", env=env_info(device), **out)
+    record.update(status="completed", env={**env_info(device), "threads": torch.get_num_threads()}, **out)
+    record["metric_stats"] = metric_stats([m for m in record["metrics"] if m in STAT_METRICS], record["predictions"])
     write_results(run_dir, record)
     log_run(run.logger, run_dir, record)
     return record
@@ -85,20 +116,21 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        record = execute(cfg, run_dir)
+        record = execute(cfg, run_dir, multirun)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # Hydra records the failed job, the sweep goes on, and the error is reported at the end
         raise SystemExit(2) from None
     metrics = record["metrics"]
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    n = record["cost"]["examples_scored"]
+    n = len(record["predictions"])
     print(f"{record['task']} | {record['model']} | {record['method']} | n={n} | {shown}")
     print(f"run dir: {run_dir}")
-    # The objective a Hydra sweeper optimises: a method's own (finetune: the dev metric), else the first metric.
-    return record.get("objective", next(iter(metrics.values()), None))
+    # What a Hydra sweeper optimises: the run's dev objective, never a metric of the reported test rows.
+    return record.get("objective")
 
 
 def describe_hydra_error(exc: BaseException) -> str:

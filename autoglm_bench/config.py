@@ -40,7 +40,7 @@ SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
-PRUNERS = ("none", "wilcoxon", "successive_halving", "hyperband")
+PRUNERS = ("none", "median", "wilcoxon", "successive_halving", "hyperband")
 SECOND_OBJECTIVES = ("prompt_tokens",)
 SPACE_PARAMS = ("instruction", "template", "verbalizer", "k_shot", "demo_selection", "demo_order")
 
@@ -132,8 +132,8 @@ class MethodConfig:
     batch_size: int = 16  # evaluate: scoring batch; finetune: per-device training micro-batch
     scorer: str = "batched"
     # finetune only (see autoglm_bench/train/data.py for how rows are chosen):
-    train_size: int | None = None  # training rows sampled (seeded) from the train split; null = all
-    dev_size: int = 200  # rows held out from the train split for validation, early stopping, pruning
+    train_size: int | None = None  # training rows (the first of the train part, in split_seed order); null = all
+    score_dev: bool | None = None  # evaluate: also score the dev rows (the sweeper objective); null: in a multirun
     eval_batch_size: int = 64
     loss: str | None = None  # "package.module:function"(logits, labels) -> loss; null = built-in
     group_by_length: bool = True  # batches of similar length (less padding)
@@ -169,13 +169,14 @@ class OptimConfig:
 class HpoConfig:
     """Hyperparameter search around method=finetune: an Optuna study, one training run per trial."""
 
-    n_trials: int = 0  # 0: no search, just train once
-    sampler: str = "tpe"  # tpe | random
-    pruner: str = "median"  # median | hyperband | none
+    n_trials: int = 0  # finished trials wanted (0: no search, just train once); a rerun resumes up to this
+    sampler: str = "tpe"  # tpe | random | grid | gp
+    pruner: str = "median"  # none | median | successive_halving | hyperband (resources: validation epochs)
     storage: str | None = None  # RDB URL; null: sqlite in the run directory
-    study_name: str | None = None
+    study_name: str | None = None  # null: derived from the task, model, PEFT method and the whole config
+    heartbeat_s: int = 10  # a trial silent for 2x this long (its process died) is failed and retried once
     trial_number: int | None = None  # set by hydra/sweeper=optuna: report to this trial of study_name
-    # config key -> "loguniform(a,b)" | "uniform(a,b)" | "int(a,b)" | "choice(x,y,...)"
+    # config key -> Hydra sweep syntax: "tag(log,interval(1e-5,1e-3))", "interval(0,0.1)", "choice(8,16)", "8,16"
     space: dict[str, str] = field(default_factory=dict)
 
 
@@ -188,9 +189,9 @@ class SearchSpaceConfig:
     instructions: list[str] = field(default_factory=lambda: ["none", "task"])
     templates: list[str] | None = None  # names in task.templates; null: all of them
     verbalizers: dict[str, list[str]] = field(default_factory=dict)  # name -> label words; {}: the task's
-    k_shot: list[int] = field(default_factory=lambda: [0])
-    demo_selection: list[str] = field(default_factory=lambda: ["random"])
-    demo_order: list[str] = field(default_factory=lambda: ["selected"])
+    k_shot: list[int] = field(default_factory=lambda: [0, 1, 2, 4])
+    demo_selection: list[str] = field(default_factory=lambda: ["random", "balanced", "nearest"])
+    demo_order: list[str] = field(default_factory=lambda: ["selected", "reversed"])
 
 
 @dataclass
@@ -204,16 +205,18 @@ class ProposalConfig:
 
 @dataclass
 class SearchConfig:
-    name: str = "none"
-    sampler: str | None = None  # tpe | random | grid | gp | nsga2
-    n_trials: int = 0  # finished (complete or pruned) trials wanted; a rerun resumes up to this number
+    """The prompt search study. These defaults are the only ones: conf/search/<name>.yaml sets just the
+    sampler and what differs from them."""
+
+    name: str = "tpe"
+    sampler: str = "tpe"  # tpe | random | grid | gp | nsga2
+    n_trials: int = 30  # finished trials wanted; a rerun resumes up to this number
     storage: str | None = None  # any Optuna RDB URL; null: sqlite:///<run_dir>/study.db
     study_name: str | None = None  # null: derived from the task, model, space, sampler, pruner and seed
-    pruner: str = "none"  # none | wilcoxon | successive_halving | hyperband
+    pruner: str = "wilcoxon"  # none | wilcoxon | successive_halving | hyperband
     p_threshold: float = 0.1  # wilcoxon
     objectives: list[str] = field(default_factory=lambda: ["acc"])  # a task metric, optionally + prompt_tokens
     minibatch: int = 32  # first dev minibatch; each next one doubles, up to the whole dev split
-    test_fraction: float = 0.5  # share of the eval split held out as test when the task has no test split
     demo_pool: int = 1000  # train rows (seeded sample) that demos are drawn from
     n_startup_trials: int = 5  # tpe, gp: random trials before the model-based sampler takes over
     population_size: int = 10  # nsga2
@@ -272,8 +275,11 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data_dir: str | None = None
-    seed: int = 0
+    seed: int = 0  # sampling and training: demos, initialisation, data order (never which rows are dev/test)
+    split_seed: int = 0  # which rows are dev (and, without a train split, test): see autoglm_bench/splits.py
+    dev_size: int = 200  # dev rows, drawn from the train split (or the eval split when there is none)
     limit: int | None = None
+    threads: int | None = None  # torch CPU threads; null: the cores available / the jobs a launcher runs at once
 
 
 def register_schemas() -> None:
@@ -335,6 +341,10 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
     if run.limit is not None and run.limit < 1:
         raise ConfigError(f"limit must be a positive number of examples (or null for all), got {run.limit}")
+    if run.dev_size < 0:
+        raise ConfigError(f"dev_size must be >= 0, got {run.dev_size}")
+    if run.threads is not None and run.threads < 1:
+        raise ConfigError(f"threads must be >= 1 (or null for automatic), got {run.threads}")
     if run.method.batch_size < 1:
         raise ConfigError(f"method.batch_size must be >= 1, got {run.method.batch_size}")
     _one_of("method", run.method.name, METHODS)
@@ -422,10 +432,9 @@ def validate_finetune(run: RunConfig) -> None:
         raise ConfigError(
             f"set trainer.max_epochs >= 1 or trainer.max_steps >= 1 (got {tr.max_epochs}, {tr.max_steps})"
         )
-    if me.eval_batch_size < 1 or me.dev_size < 0 or (me.train_size is not None and me.train_size < 1):
+    if me.eval_batch_size < 1 or (me.train_size is not None and me.train_size < 1):
         raise ConfigError(
-            f"method needs eval_batch_size >= 1, dev_size >= 0, train_size >= 1 or null; got "
-            f"{me.eval_batch_size}, {me.dev_size}, {me.train_size}"
+            f"method needs eval_batch_size >= 1 and train_size >= 1 or null; got {me.eval_batch_size}, {me.train_size}"
         )
     if me.loss is not None and ":" not in me.loss:
         raise ConfigError(f"method.loss {me.loss!r} must name a function as 'package.module:function'")
@@ -435,8 +444,10 @@ def validate_finetune(run: RunConfig) -> None:
         raise ConfigError(f"model {run.model.name!r} is an encoder; it fine-tunes on multiple_choice tasks only")
     if run.hpo.n_trials < 0:
         raise ConfigError(f"hpo.n_trials must be >= 0, got {run.hpo.n_trials}")
-    _one_of("hpo.sampler", run.hpo.sampler, ("tpe", "random"))
-    _one_of("hpo.pruner", run.hpo.pruner, ("median", "hyperband", "none"))
+    _one_of("hpo.sampler", run.hpo.sampler, ("tpe", "random", "grid", "gp"))
+    _one_of("hpo.pruner", run.hpo.pruner, ("none", "median", "successive_halving", "hyperband"))
+    if run.hpo.heartbeat_s < 1:
+        raise ConfigError(f"hpo.heartbeat_s must be >= 1, got {run.hpo.heartbeat_s}")
 
 
 def validate_prompt_search(run: RunConfig) -> None:
@@ -444,8 +455,6 @@ def validate_prompt_search(run: RunConfig) -> None:
     s, sp, t = run.search, run.search.space, run.task
     if t.type != "multiple_choice":
         raise ConfigError(f"method=prompt_search needs a multiple_choice task; {t.name!r} is {t.type}")
-    if s.name == "none" or s.sampler is None:
-        raise ConfigError(f"method=prompt_search needs a search config: add search=<{'|'.join(SAMPLERS)}>")
     _one_of("search.sampler", s.sampler, SAMPLERS)
     _one_of("search.pruner", s.pruner, PRUNERS)
     if s.n_trials <= 0:
@@ -490,8 +499,8 @@ def validate_prompt_search(run: RunConfig) -> None:
             f"n_startup_trials >= 0; got {s.minibatch}, {s.demo_pool}, {s.heartbeat_s}, {s.population_size}, "
             f"{s.n_startup_trials}"
         )
-    if not 0.0 < s.test_fraction < 1.0:
-        raise ConfigError(f"search.test_fraction must be in (0, 1), got {s.test_fraction}")
+    if run.dev_size < 1:
+        raise ConfigError(f"method=prompt_search selects on the dev rows; dev_size must be >= 1, got {run.dev_size}")
     for params in s.enqueue:
         for key in params:
             _one_of("parameter", key, SPACE_PARAMS, " in search.enqueue")
@@ -499,6 +508,21 @@ def validate_prompt_search(run: RunConfig) -> None:
         raise ConfigError("search.proposal.history and search.proposal.max_new_tokens must be >= 1")
     if s.proposal.model is not None:
         _one_of("search.proposal.model", s.proposal.model, group_options("model"))
+
+
+def objective_of(run: Any) -> tuple[str, str]:
+    """The dev quantity a run returns as its objective (what a sweeper optimises) and its natural direction:
+    fine-tuning on a generation task minimises the dev loss; everything else maximises the dev value of the
+    first task metric (prompt search: of its first objective). ``run`` is a RunConfig or a DictConfig.
+
+    >>> objective_of(RunConfig(task=TaskConfig(name="t", target="x", metrics=["acc"])))
+    ('acc', 'maximize')
+    """
+    if run.method.name == "finetune" and run.task.type == "generation":
+        return "loss", "minimize"
+    if run.method.name == "prompt_search":
+        return run.search.objectives[0], "maximize"
+    return run.task.metrics[0], "maximize"
 
 
 def one_line(exc: BaseException) -> str:

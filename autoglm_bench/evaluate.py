@@ -5,30 +5,44 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import MethodConfig, RunConfig, resolve_data_dir
+from .config import MethodConfig, RunConfig, objective_of, resolve_data_dir
 from .models import LoadedModel, load_model
 from .prompts import Example, chat_tokenizer, choice_requests, prompt_text, render_examples
 from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_naive
+from .splits import split_task
 from .tasks import Task, choice_prediction, extract_answer, load_task
 
 
-def run_evaluate(run: RunConfig) -> dict[str, Any]:
-    """Load task, render prompts (every template error surfaces here), load the model, score.
+def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
+    """Load task, split it, render prompts (every template error surfaces here), load the model, score the
+    test rows and, with ``score_dev``, the dev rows (whose metric is the objective a sweeper optimises).
 
-    Returns the method's part of the result record: metrics, predictions, timings, cost, device.
+    Returns the method's part of the result record: metrics (test), dev metrics, predictions, timings,
+    cost, splits, device.
     """
     start = time.perf_counter()
-    task = load_task(run.task, resolve_data_dir(run.data_dir), run.limit)
-    examples = render_examples(task, run.prompt, run.seed)
+    task = load_task(run.task, resolve_data_dir(run.data_dir))
+    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
+    examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed)
+    dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed) if score_dev else []
     lm = load_model(run.model)
     chat = chat_tokenizer(run.prompt, lm.tokenizer)
     load_s = time.perf_counter() - start
 
     predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat)
-    metrics = task.hook.score(predictions)
+    dev_metrics: dict[str, float] = {}
+    dev_predictions: list[dict[str, Any]] = []
+    if dev_examples:
+        dev_predictions, dev_stats, _ = score_examples(lm, task, dev_examples, run.method, chat)
+        dev_metrics = task.hook.score(dev_predictions)
+        stats = stats + dev_stats
     return {
-        "metrics": metrics,
+        "metrics": task.hook.score(predictions),
+        "dev_metrics": dev_metrics,
+        "objective": dev_metrics.get(objective_of(run)[0]),
         "predictions": predictions,
+        "dev_predictions": dev_predictions,
+        "splits": splits.record(),
         "timings": {"load_s": load_s, "eval_s": stats.seconds, "train_s": None, "tokens_per_s": stats.tokens_per_s},
         "cost": {"examples_scored": stats.examples, "tokens_processed": stats.tokens},
         "device": lm.device,

@@ -40,6 +40,9 @@ class ScoreStats:
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    def __add__(self, other: ScoreStats) -> ScoreStats:
+        return ScoreStats(self.examples + other.examples, self.tokens + other.tokens, self.seconds + other.seconds)
+
 
 @dataclass
 class _Encoded:

@@ -47,7 +47,7 @@ CASES = [
      ["target index 7", "2 choices"]),
     ("k-shot without a train split", ["task=boolq", "prompt.k_shot=2"], None, ["k_shot=2", "train split"]),
     ("more shots than train rows", ["task=sst2", "prompt.k_shot=50"], {"validation": GOOD_ROWS},
-     ["k_shot=50", "6 rows"]),
+     ["k_shot=50", "0 train rows"]),
     ("unknown logger", ["logger.name=tensorboard"], None, ["tensorboard", "wandb"]),
 ]
 if not torch.cuda.is_available():

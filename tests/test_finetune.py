@@ -45,7 +45,7 @@ def one_thread():
 
 def finetune_overrides(peft: str, task: str = "toy_sentiment", steps: int = 12) -> list[str]:
     return [f"task={task}", "model=tiny_glm", "method=finetune", f"peft={peft}", f"optim.lr={LR[peft]}",
-            "method.batch_size=8", "method.dev_size=16", "limit=96", f"trainer.max_steps={steps}",
+            "method.batch_size=8", "dev_size=16", "limit=96", f"trainer.max_steps={steps}",
             "trainer.max_epochs=10", "trainer.val_every_n_steps=6", "logger=none"]
 
 
@@ -96,7 +96,7 @@ def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
 
 def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     """The full user path: fine-tune from chance to near-perfect accuracy, results.json has every field."""
-    proc = run_cli("+experiment=toy_tiny_glm_finetune", "limit=160", "method.dev_size=40",
+    proc = run_cli("+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40",
                    f"hydra.run.dir={tmp_path}", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = read_results(tmp_path)
@@ -198,7 +198,7 @@ def test_minilm_classification_head_trains_with_each_peft_method(peft, tmp_path)
     from autoglm_bench.train.run import finetune
 
     run = compose(["task=toy_sentiment", "model=minilm", "method=finetune", f"peft={peft}", "limit=32",
-                   "method.batch_size=8", "method.dev_size=8", "trainer.max_steps=4", "logger=none",
+                   "method.batch_size=8", "dev_size=8", "trainer.max_steps=4", "logger=none",
                    "method.save_model=false", "trainer.checkpoint=false", "optim.lr=1e-3"])
     snap = Snapshot()
     out = finetune(run, tmp_path, callbacks=[snap])

@@ -12,7 +12,7 @@ from autoglm_bench.models import build_tiny_glm
 from .conftest import read_results, run_cli
 
 COMMON = ["task=toy_sentiment", "model=tiny_glm", "method=finetune", "peft=full", "optim.lr=3e-3", "limit=64",
-          "method.dev_size=16", "trainer.max_steps=6", "trainer.max_epochs=5", "trainer.checkpoint=false",
+          "dev_size=16", "trainer.max_steps=6", "trainer.max_epochs=5", "trainer.checkpoint=false",
           "logger=none"]
 
 

@@ -26,7 +26,7 @@ def run_cli(*args: str):
     return _run_cli(*args, env=ONE_THREAD)
 
 # A small space on the shipped toy task: 2 instructions+none x 2 templates x 2 shots x 2 selections.
-SMALL = ["method=prompt_search", "search=tpe", "search.space.k_shot=[0,1]",
+SMALL = ["method=prompt_search", "search=tpe", "dev_size=100", "search.space.k_shot=[0,1]",
          "search.space.demo_selection=[random,balanced]", "search.space.demo_order=[selected]"]
 
 
@@ -76,7 +76,7 @@ def test_cache_keys_cover_model_prompt_choices_and_example(tmp_path):
         ("search.space.k_shot=[]", "search.space.k_shot is an empty list"),
         ("search.space.instructions=[]", "search.space.instructions is an empty list"),
         ("search.sampler=annealing", "unknown search.sampler 'annealing'; allowed: tpe, random, grid, gp, nsga2"),
-        ("search.pruner=median", "unknown search.pruner 'median'; allowed: none, wilcoxon"),
+        ("search.pruner=annealing", "unknown search.pruner 'annealing'; allowed: none, median, wilcoxon"),
         ("search.n_trials=0", "search.n_trials must be a positive number of trials, got 0"),
         ("search.n_trials=-3", "search.n_trials must be a positive number of trials, got -3"),
         ("+search.space.verbalizers.x=[a,b,c]", "search.space.verbalizers.x has 3 label words"),
@@ -99,11 +99,14 @@ def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
     for name in ("best_prompt.txt", "trials.csv", "optimization_history.png", "param_importances.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0, name
     assert len((tmp_path / "a" / "trials.csv").read_text().strip().splitlines()) == 1 + 4
-    assert set(a["metrics"]) >= {"dev_acc", "test_acc", "dev_acc_norm", "test_acc_norm"}
-    splits = a["search"]["splits"]
-    assert len(splits["dev_ids"]) == len(splits["test_ids"]) == 100 and not set(splits["dev_ids"]) & set(
-        splits["test_ids"])
+    assert set(a["metrics"]) == set(a["dev_metrics"]) == {"acc", "acc_norm"}
+    assert a["objective"] == a["dev_metrics"]["acc"]
+    splits = a["splits"]  # dev: 100 rows of the train split; test: the whole eval split, never searched on
+    assert len(splits["dev_ids"]) == 100 and len(splits["test_ids"]) == 200
+    assert all(i.startswith("train-") for i in splits["dev_ids"])
+    assert all(i.startswith("validation-") for i in splits["test_ids"])
     assert sorted(p["id"] for p in a["predictions"]) == sorted(splits["test_ids"])
+    assert sorted(p["id"] for p in a["dev_predictions"]) == sorted(splits["dev_ids"])
     assert a["cost"]["examples_scored"] > 0 and a["search"]["trials"]["finished"] == 4
     assert a["prompt_example"] in (tmp_path / "a" / "best_prompt.txt").read_text()
 
@@ -121,13 +124,13 @@ def test_bad_config_or_storage_on_rerun_loses_no_finished_trial(tmp_path):
     args = [*SMALL, "search.n_trials=2", "search.space.k_shot=[0]", f"hydra.run.dir={run_dir}"]
     assert run_cli(*args).returncode == 0
     before = [(t.number, t.values) for t in finished_trials(run_dir)]
-    for bad in ("search.pruner=median", "search.space.templates=[]", "search.n_trials=0",
+    for bad in ("search.pruner=annealing", "search.space.templates=[]", "search.n_trials=0",
                 f"search.storage=sqlite:///{tmp_path}/missing/dir/study.db"):
         proc = run_cli(*args, bad)
         assert proc.returncode == 2, (bad, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "cannot be opened" in proc.stderr
+    assert "cannot open study" in proc.stderr
     assert [(t.number, t.values) for t in finished_trials(run_dir)] == before and len(before) == 2
 
 
@@ -191,7 +194,7 @@ def trained_model() -> Path:
 
 def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path, trained_model):
     run_dir = tmp_path / "run"
-    proc = run_cli("method=prompt_search", "search=tpe", "model=hf", f"model.path={trained_model}",
+    proc = run_cli("method=prompt_search", "search=tpe", "dev_size=100", "model=hf", f"model.path={trained_model}",
                    "search.n_trials=2", "search.pruner=wilcoxon", "search.space.instructions=[none]",
                    "search.space.templates=[default]", "search.space.k_shot=[0]",
                    "+search.space.verbalizers.task=[negative,positive]",

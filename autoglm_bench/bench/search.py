@@ -7,10 +7,11 @@ cache (so nothing it did not score itself is free), and the table reports the be
 found relative to the grid's best and the examples it scored as a fraction of the grid's, mean +- std.
 
 The model is tiny_glm briefly trained (a plain torch loop, ``--train-steps``) on the toy sentiment
-task's train split in one prompt format: the ``default`` template with the task's label words, zero to
-three shots. A random-init model predicts one class whatever the prompt, so its accuracy would not
-depend on the prompt; the trained one is accurate in the format it learned, at chance with other label
-words, and inverted with swapped ones, so the search has something real to find.
+task's train rows (the train split less the dev rows, which stay unseen) in one prompt format: the
+``default`` template with the task's label words, zero to three shots. A random-init model predicts one
+class whatever the prompt, so its accuracy would not depend on the prompt; the trained one is accurate in
+the format it learned, at chance with other label words, and inverted with swapped ones, so the search
+has something real to find.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TRAIN_RECIPE = 2  # bump when train_prompt_sensitive_glm changes, so cached models are rebuilt
+TRAIN_RECIPE = 3  # bump when train_prompt_sensitive_glm changes, so cached models are rebuilt
 BENCH_SPACE = [
     "search.space.instructions=[none,task]",
     "search.space.templates=null",
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=30, help="trials per study for random, tpe, tpe+pruning")
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds per method")
     parser.add_argument("--train-steps", type=int, default=60, help="training steps of the benchmark model")
-    parser.add_argument("--eval-size", type=int, default=200, help="toy eval rows (half dev, half test)")
+    parser.add_argument("--eval-size", type=int, default=200, help="toy eval rows (the test rows)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; for a model this small more threads only add synchronisation")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
@@ -70,6 +71,7 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     from autoglm_bench.config import ModelConfig, compose
     from autoglm_bench.models import build_tiny_glm, cache_dir
     from autoglm_bench.prompts import demo_answer, render
+    from autoglm_bench.splits import split_task
     from autoglm_bench.tasks import load_task
 
     source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
@@ -77,8 +79,10 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     target = cache_dir() / "tiny_glm_toy_trained" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
     if (target / "model.safetensors").is_file():
         return target
-    task = load_task(compose(["task=toy_sentiment"]).task, None)
-    cfg, rows = task.cfg, task.rows["train"]
+    run_cfg = compose(["task=toy_sentiment"])
+    task = load_task(run_cfg.task, None)
+    # only the train part: the dev rows the search selects on stay unseen, as the test rows do
+    cfg, rows = task.cfg, split_task(task, run_cfg.split_seed, run_cfg.dev_size).train
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     rng = random.Random(seed)
@@ -134,25 +138,30 @@ def run_study(run: Any, task: Any, lm: Any, splits: Any, space: Any, sampler: st
 
     import optuna
 
+    from autoglm_bench.evaluate import choice_predictions
     from autoglm_bench.search.cache import EvalCache
-    from autoglm_bench.search.evaluation import Evaluator, predictions
+    from autoglm_bench.search.evaluation import Evaluator, demo_pool
     from autoglm_bench.search.space import candidate_from_params
-    from autoglm_bench.search.study import Objective, best_trial, make_pruner, make_sampler
+    from autoglm_bench.search.study import Objective, best_trial
+    from autoglm_bench.studies import make_pruner, make_sampler
 
     search = dataclasses.replace(run.search, sampler=sampler, pruner=pruner)
     run = dataclasses.replace(run, search=search)
     evaluator = Evaluator(task=task, lm=lm, cache=EvalCache(":memory:"), base_prompt=run.prompt,
-                          verbalizers=space.verbalizers, pool=splits.pool, seed=run.seed,
-                          batch_size=run.method.batch_size)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(search, space, seed),
-                                pruner=make_pruner(search, len(splits.dev)))
+                          verbalizers=space.verbalizers, pool=demo_pool(splits.train, search.demo_pool, run.seed),
+                          seed=run.seed, batch_size=run.method.batch_size)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=make_sampler(sampler, seed, n_startup_trials=search.n_startup_trials, grid=space.grid()),
+        pruner=make_pruner(pruner, min_resource=search.minibatch, max_resource=len(splits.dev),
+                           p_threshold=search.p_threshold))
     start = time.perf_counter()
     study.optimize(Objective(run, space, evaluator, splits, None), n_trials=n_trials)
     seconds = time.perf_counter() - start
     scored = evaluator.scored
     best = best_trial(study)
     examples = evaluator.render(candidate_from_params(best.params), splits.test)
-    test = task.hook.score(predictions(examples, evaluator.score(examples)))
+    test = task.hook.score(choice_predictions(examples, evaluator.score(examples)))
     states = [t.state.name for t in study.trials]
     return {"dev": best.value, "test": test[search.objectives[0]], "scored": scored, "seconds": seconds,
             "trials": len(states), "pruned": states.count("PRUNED"), "params": best.params}
@@ -164,8 +173,8 @@ def run(args: argparse.Namespace) -> None:
 
     from autoglm_bench.config import compose
     from autoglm_bench.models import load_model
-    from autoglm_bench.search.evaluation import split_rows
     from autoglm_bench.search.space import PromptSpace
+    from autoglm_bench.splits import split_task
     from autoglm_bench.tasks import load_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = compose(["task=toy_sentiment", f"task.options.eval_size={args.eval_size}", "model=hf",
                    f"model.path={path}", "method=prompt_search", "search=tpe", *BENCH_SPACE, *args.override])
     task = load_task(cfg.task, None)
-    splits = split_rows(task, cfg.search.test_fraction, cfg.search.demo_pool, cfg.seed)
+    splits = split_task(task, cfg.split_seed, cfg.dev_size)
     space = PromptSpace.from_config(cfg.search.space, task.cfg)
     lm = load_model(cfg.model)
     print(f"prompt search benchmark: model trained {args.train_steps} steps in {train_s:.0f}s; space {space.size} "

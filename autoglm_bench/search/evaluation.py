@@ -1,4 +1,4 @@
-"""Scoring one prompt candidate: the dev/test split, rendering, and log-likelihoods through the cache."""
+"""Scoring one prompt candidate: the demo pool, rendering, and log-likelihoods through the cache."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ConfigError, PromptConfig
+from ..config import PromptConfig
 from ..models import LoadedModel
 from ..prompts import Embedder, Example, choice_requests, prompt_text, render_examples
 from ..scoring import loglikelihood
@@ -16,52 +16,9 @@ from .cache import EvalCache
 from .space import Candidate
 
 
-@dataclass
-class Splits:
-    """The rows selection sees (``dev``, in the seeded order minibatches take them), the held-out ``test``
-    rows, the demo ``pool``, and where the test rows came from."""
-
-    dev: list[dict[str, Any]]
-    test: list[dict[str, Any]]
-    pool: list[dict[str, Any]]
-    test_source: str
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "test_source": self.test_source,
-            "dev_ids": [r["_id"] for r in self.dev],
-            "test_ids": [r["_id"] for r in self.test],
-            "demo_pool_size": len(self.pool),
-        }
-
-
-def split_rows(task: Task, test_fraction: float, demo_pool: int, seed: int) -> Splits:
-    """Dev and test rows, and the demo pool, all seeded.
-
-    A task with a ``test`` split keeps it as the test set. Otherwise a seeded ``test_fraction`` of the
-    eval split is carved out as test and never shown to the search. Dev rows are shuffled once, so the
-    first minibatch is a random sample and every trial sees the same examples in the same order.
-
-    >>> s = split_rows(task, test_fraction=0.5, demo_pool=1000, seed=0)  # doctest: +SKIP
-    >>> len(s.dev) + len(s.test) == len(task.rows["eval"])  # doctest: +SKIP
-    True
-    """
-    rng = random.Random(seed)
-    rows = list(task.rows["eval"])
-    rng.shuffle(rows)
-    if "test" in task.rows:
-        dev, test, source = rows, list(task.rows["test"]), f"split {task.cfg.splits['test']!r}"
-    else:
-        n_test = max(1, round(test_fraction * len(rows)))
-        if n_test >= len(rows):
-            raise ConfigError(f"the eval split has {len(rows)} rows: too few to hold out a test part")
-        position = {r["_id"]: i for i, r in enumerate(task.rows["eval"])}
-        test, dev = sorted(rows[:n_test], key=lambda r: position[r["_id"]]), rows[n_test:]
-        source = f"seeded {test_fraction:g} of split {task.cfg.splits['eval']!r} (seed {seed})"
-    pool = list(task.rows.get("train", []))
-    if len(pool) > demo_pool:
-        pool = random.Random(seed + 1).sample(pool, demo_pool)
-    return Splits(dev=dev, test=test, pool=pool, test_source=source)
+def demo_pool(train: list[dict[str, Any]], size: int, seed: int) -> list[dict[str, Any]]:
+    """The rows demos are drawn from: the train part, or a ``seed``-ed sample of ``size`` of its rows."""
+    return random.Random(seed + 1).sample(train, size) if len(train) > size else list(train)
 
 
 @dataclass

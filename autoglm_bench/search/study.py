@@ -7,10 +7,12 @@ score with the example's position as the step (the pruner pairs examples with th
 ``successive_halving``/``hyperband`` the running accuracy with the number of examples as the step.
 A pruned trial stops there; only complete trials (scored on all of dev) can become the best.
 
-Storage is an RDB URL (default ``sqlite:///<run_dir>/study.db``) with heartbeats: a trial whose
-process died (SIGKILL, preemption) goes stale after ``2 * search.heartbeat_s`` seconds, is marked
-failed and re-queued with the same parameters, and a rerun of the same command runs only the trials
-still missing up to ``search.n_trials`` finished ones.
+Sampler, pruner, storage and the resume policy are the shared ones of :mod:`autoglm_bench.studies`:
+an RDB URL (default ``sqlite:///<run_dir>/study.db``) with heartbeats; a trial whose process died goes
+stale after ``2 * search.heartbeat_s`` seconds and is re-run once with its parameters, and a rerun of the
+same command runs only the trials still missing up to ``search.n_trials`` finished ones. The search reads
+only the dev rows of the split protocol (:mod:`autoglm_bench.splits`); the test rows are scored once, with
+the best prompt.
 """
 
 from __future__ import annotations
@@ -18,54 +20,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..config import CONF_DIR, ConfigError, ModelConfig, RunConfig, SearchConfig, one_line, resolve_data_dir
+from ..config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
 from ..evaluate import choice_predictions
 from ..models import LoadedModel, cache_dir, load_model
+from ..splits import Splits, split_task
+from ..studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
 from ..tasks import load_task
 from .cache import EvalCache
-from .evaluation import Evaluator, Splits, is_correct, minibatch_ends, split_rows
+from .evaluation import Evaluator, demo_pool, is_correct, minibatch_ends
 from .proposal import instruction_history, meta_prompt, propose_instruction
 from .space import PROPOSED, Candidate, PromptSpace, candidate_from_params
-
-FINISHED = ("COMPLETE", "PRUNED")
-
-
-def make_sampler(search: SearchConfig, space: PromptSpace, seed: int):
-    """The Optuna sampler named by ``search.sampler``, seeded."""
-    import optuna
-
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.n_startup_trials, multivariate=True)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if search.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    if search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials,
-                                         deterministic_objective=True)
-    if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=search.population_size)
-    raise ConfigError(f"unknown search.sampler {search.sampler!r}")
-
-
-def make_pruner(search: SearchConfig, n_dev: int):
-    """The pruner named by ``search.pruner``; halving rungs sit on the minibatch ends (reduction factor 2)."""
-    import optuna
-
-    if search.pruner == "wilcoxon":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.WilcoxonPruner(p_threshold=search.p_threshold)
-    if search.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=search.minibatch, reduction_factor=2)
-    if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=search.minibatch, max_resource=n_dev, reduction_factor=2)
-    return optuna.pruners.NopPruner()
 
 
 def default_study_name(run: RunConfig, space: PromptSpace) -> str:
@@ -76,6 +44,7 @@ def default_study_name(run: RunConfig, space: PromptSpace) -> str:
     keyed = {
         "task": asdict(run.task), "model": asdict(run.model), "space": space.fingerprint(), "seed": run.seed,
         "limit": run.limit, "system": run.prompt.system, "chat": run.prompt.chat_template,
+        "split": [run.split_seed, run.dev_size],
         "search": {k: v for k, v in asdict(s).items()
                    if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "cache_path", "name")},
     }
@@ -83,53 +52,16 @@ def default_study_name(run: RunConfig, space: PromptSpace) -> str:
     return f"{run.task.name}-{run.model.name}-{s.sampler}-{digest}"
 
 
-def open_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: int):
+def open_search_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: int) -> Any:
     """Create the study, or load it when the storage already holds one of that name (resume)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
     s = run.search
     url = s.storage or f"sqlite:///{run_dir.resolve() / 'study.db'}"
+    sampler = make_sampler(s.sampler, run.seed, n_startup_trials=s.n_startup_trials,
+                           population_size=s.population_size, grid=space.grid())
+    pruner = make_pruner(s.pruner, min_resource=s.minibatch, max_resource=n_dev, p_threshold=s.p_threshold)
     directions = ["maximize"] + ["minimize"] * (len(s.objectives) - 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            storage = RDBStorage(url, heartbeat_interval=s.heartbeat_s, grace_period=2 * s.heartbeat_s,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-            if url.startswith("sqlite"):
-                tune_sqlite(storage.engine)
-            return optuna.create_study(
-                storage=storage, study_name=s.study_name or default_study_name(run, space), directions=directions,
-                sampler=make_sampler(s, space, run.seed), pruner=make_pruner(s, n_dev), load_if_exists=True,
-            )
-        except Exception as exc:  # bad URL, missing driver, unreachable server, directions clash
-            raise ConfigError(f"search.storage {safe_url(url)!r} cannot be opened: {one_line(exc)}") from exc
-
-
-def tune_sqlite(engine: Any) -> None:
-    """WAL journal and ``synchronous=NORMAL`` on every connection: Wilcoxon pruning reports one value per
-    dev example, and a full fsync per report made storage writes ~6x slower than this. A killed process
-    still loses nothing committed; only an OS crash or power loss could drop the last transactions."""
-    from sqlalchemy import event
-
-    def pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(engine, "connect", pragmas)
-    engine.dispose()  # connections opened before the listener existed get the pragmas when reopened
-
-
-def safe_url(url: str) -> str:
-    """The storage URL with any password masked."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a parseable URL: it holds no password we could mask
-        return url
+    return open_study(url, s.study_name or default_study_name(run, space), directions, sampler=sampler,
+                      pruner=pruner, heartbeat_s=s.heartbeat_s)
 
 
 class Objective:
@@ -213,7 +145,6 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     ``search`` section: study, storage, trial counts, best parameters, split provenance, output files.
     """
     import optuna
-    from optuna.trial import TrialState
 
     from ..prompts import chat_tokenizer, minilm_embedder
     from .outputs import TrialLogger, write_outputs
@@ -221,17 +152,18 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     s = run.search
-    task = load_task(run.task, resolve_data_dir(run.data_dir), run.limit)
-    splits = split_rows(task, s.test_fraction, s.demo_pool, run.seed)
+    task = load_task(run.task, resolve_data_dir(run.data_dir))
+    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
     space = PromptSpace.from_config(s.space, task.cfg)
-    study = open_study(run, space, run_dir, len(splits.dev))
+    study = open_search_study(run, space, run_dir, len(splits.dev))
     lm = load_model(run.model)
     chat_tokenizer(run.prompt, lm.tokenizer)  # fails early for a model without a chat template
     needs_embeddings = "nearest" in space.demo_selection and max(space.k_shot) > 0
     cache_path = s.cache_path or str(cache_dir() / "eval_cache.sqlite")
     evaluator = Evaluator(task=task, lm=lm, cache=EvalCache(cache_path), base_prompt=run.prompt,
-                          verbalizers=space.verbalizers, pool=splits.pool, seed=run.seed,
-                          batch_size=run.method.batch_size, embed=minilm_embedder() if needs_embeddings else None)
+                          verbalizers=space.verbalizers, pool=demo_pool(splits.train, s.demo_pool, run.seed),
+                          seed=run.seed, batch_size=run.method.batch_size,
+                          embed=minilm_embedder() if needs_embeddings else None)
     proposer = load_proposer(run, lm) if PROPOSED in space.instructions else None
     load_s = time.perf_counter() - start
 
@@ -239,15 +171,13 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         for params in s.enqueue:
             study.enqueue_trial(space.check(dict(params)))
     wanted = min(s.n_trials, space.size) if s.sampler == "grid" else s.n_trials
-    finished_before = sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+    finished_before = len(finished(study.get_trials(deepcopy=False)))
     logger = TrialLogger(run, run_dir)
     search_start = time.perf_counter()
     if wanted > finished_before:
         print(f"study {study.study_name}: {finished_before} of {wanted} trials finished; running the rest")
-        # Several workers may share one storage: each stops once the study as a whole has enough.
-        enough = optuna.study.MaxTrialsCallback(wanted, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        study.optimize(Objective(run, space, evaluator, splits, proposer), n_trials=wanted - finished_before,
-                       catch=(Exception,), callbacks=[logger, enough], gc_after_trial=False)
+    objective = Objective(run, space, evaluator, splits, proposer)
+    run_trials(study, wanted, lambda trials: [run_objective(objective, t) for t in trials], on_trial=logger)
     search_s = time.perf_counter() - search_start
     logger.close()
 
@@ -258,13 +188,17 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         examples = evaluator.render(cand, rows)
         final[part] = choice_predictions(examples, evaluator.score(examples))
         final[part + "_prompt"] = evaluator.contexts(examples[:1])[0]
-    metrics = {f"{part}_{k}": v for part in ("dev", "test") for k, v in task.hook.score(final[part]).items()}
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
+    dev_metrics = task.hook.score(final["dev"])
     files = write_outputs(study, run_dir, best, cand, final["dev_prompt"], final["dev"][0], s.objectives)
     return {
-        "metrics": metrics,
-        "predictions": [{**p, "split": "test"} for p in final["test"]],
+        "metrics": task.hook.score(final["test"]),
+        "dev_metrics": dev_metrics,
+        "objective": dev_metrics.get(s.objectives[0]),
+        "predictions": final["test"],
+        "dev_predictions": final["dev"],
+        "splits": splits.record(),
         "timings": {"load_s": load_s, "search_s": search_s, "eval_s": evaluator.seconds, "train_s": None,
                     "tokens_per_s": evaluator.tokens / evaluator.seconds if evaluator.seconds else 0.0},
         "cost": {
@@ -284,13 +218,13 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
             "objectives": list(s.objectives),
             "n_trials": wanted,
             "space_size": space.size,
-            "trials": {"finished": sum(x in FINISHED for x in states), "complete": states.count("COMPLETE"),
+            "trials": {"finished": len(finished(trials)), "complete": states.count("COMPLETE"),
                        "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
                        "finished_before_this_run": finished_before},
             "best": {"trial": best.number, "values": list(best.values), "params": best.params,
                      "candidate": asdict(cand)},
             "cache_path": cache_path,
-            "splits": splits.record(),
+            "demo_pool_size": len(evaluator.pool),
             "outputs": files,
         },
     }

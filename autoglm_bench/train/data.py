@@ -6,11 +6,11 @@ Training sees exactly what evaluation scores: each row is rendered by
 with the loss on the answer tokens only. An encoder gets the context alone and the gold choice index
 as its class label.
 
-Rows: ``method.dev_size`` rows of the task's train split (seeded shuffle) are held out as the dev set
-(validation, early stopping, pruning); training uses the rest, at most ``method.train_size`` of them.
-``limit=`` caps the eval rows (as for every method) and also the training and dev rows, so a quick run
-stays quick. Token ids are computed once with the datasets library and cached under
-``$AUTOGLM_CACHE_DIR/tokenized``, keyed by the texts, the tokenizer and the length limit.
+Rows follow the split protocol (:mod:`autoglm_bench.splits`): ``dev_size`` rows of the task's train
+split (drawn with ``split_seed``) are the dev set (validation, early stopping, pruning); training uses the rest,
+at most ``method.train_size`` of them. ``limit=`` caps the test rows (as for every method) and also the
+training and dev rows, so a quick run stays quick. Token ids are computed once with the datasets library
+and cached under ``$AUTOGLM_CACHE_DIR/tokenized``, keyed by the texts, the tokenizer and the length limit.
 """
 
 from __future__ import annotations
@@ -32,27 +32,26 @@ from ..config import ConfigError, RunConfig
 from ..models import cache_dir
 from ..prompts import chat_tokenizer, demo_answer, prompt_text, render_examples
 from ..scoring import encode_requests
+from ..splits import Splits, split_task
 from ..tasks import Task
 
 IGNORE = -100  # label of tokens the loss skips (context, padding)
 
 
-def split_rows(task: Task, run: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, dev rows) from the task's train split, as the module docstring describes."""
+def split_rows(task: Task, run: RunConfig) -> Splits:
+    """The run's train/dev/test rows (:func:`~autoglm_bench.splits.split_task`), training capped at
+    ``method.train_size`` and ``limit`` rows."""
     if "train" not in task.rows:
         raise ConfigError(f"method=finetune needs a train split, but task {task.name!r} has only: "
                           f"{', '.join(task.rows)}")
-    rows = random.Random(run.seed).sample(task.rows["train"], len(task.rows["train"]))
-    dev, train = rows[: run.method.dev_size], rows[run.method.dev_size :]
+    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
     for cap in (run.method.train_size, run.limit):
         if cap is not None:
-            train = train[:cap]
-    if run.limit is not None:
-        dev = dev[: run.limit]
-    if not train:
-        raise ConfigError(f"no training rows left: the train split of {task.name!r} has {len(rows)} rows and "
-                          f"method.dev_size={run.method.dev_size} holds them all out")
-    return train, dev
+            splits.train = splits.train[:cap]
+    if not splits.train:
+        raise ConfigError(f"no training rows left: the train split of {task.name!r} has "
+                          f"{len(task.rows['train'])} rows and dev_size={run.dev_size} holds them all out")
+    return splits
 
 
 def render_rows(task: Task, run: RunConfig, rows: list[dict[str, Any]], chat_tokenizer: Any = None):
@@ -84,7 +83,9 @@ class TaskDataModule(pl.LightningDataModule):
         self.dev_examples: list[Any] = []
         self._sampler: ShardedOrder | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, indices of it already trained on)
-        self.train_rows, self.dev_rows = split_rows(task, run)
+        self.splits = split_rows(task, run)
+        self.task = self.splits.view(task, self.splits.test)  # demos come from the train part only
+        self.train_rows, self.dev_rows = self.splits.train, self.splits.dev
 
     # ------------------------------------------------------------ building
 

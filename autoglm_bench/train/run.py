@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..config import ConfigError, RunConfig, TaskConfig, TrainerConfig, resolve_data_dir
+from ..config import ConfigError, RunConfig, TrainerConfig, objective_of, resolve_data_dir
 from ..evaluate import choice_predictions, score_examples
 from ..models import LoadedModel, load_for_training, resolve_device
 from ..prompts import chat_tokenizer
@@ -30,9 +30,10 @@ def run_finetune(run: RunConfig, run_dir: Path) -> dict[str, Any]:
 
         return run_search(run, run_dir)
     if run.hpo.trial_number is not None:  # one trial of a study that a sweeper drives
-        from .hpo import sweeper_trial_callback
+        from .hpo import sweeper_trial
 
-        return finetune(run, run_dir, callbacks=[sweeper_trial_callback(run)])
+        callback, used = sweeper_trial(run)
+        return {**finetune(run, run_dir, callbacks=[callback]), "hpo_trial": used}
     return finetune(run, run_dir)
 
 
@@ -56,11 +57,11 @@ def check_hardware(tr: TrainerConfig) -> None:
         raise ConfigError(f"trainer.devices={tr.devices} on CPU needs a strategy; use trainer=ddp")
 
 
-def monitor_of(task: TaskConfig) -> tuple[str, str]:
-    """The dev quantity to early-stop, checkpoint and prune on: the first task metric, or the dev loss."""
-    if task.type == "multiple_choice":
-        return f"dev/{task.metrics[0]}", "max"
-    return "dev/loss", "min"
+def monitor_of(run: RunConfig) -> tuple[str, str]:
+    """The logged dev quantity to early-stop, checkpoint and prune on, and its Lightning mode: the run's
+    objective (:func:`~autoglm_bench.config.objective_of`: the first task metric, or the dev loss)."""
+    metric, direction = objective_of(run)
+    return f"dev/{metric}", direction[:3]
 
 
 def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None = None,
@@ -75,7 +76,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
     check_hardware(run.trainer)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banners about TPUs and tips
     pl.seed_everything(run.seed, workers=True, verbose=False)
-    task = load_task(run.task, resolve_data_dir(run.data_dir), run.limit)
+    task = load_task(run.task, resolve_data_dir(run.data_dir))
     classifier = run.model.kind == "encoder"
     n_choices = len(task.cfg.choices or [])
     model, tokenizer = load_for_training(run.model, run.peft, num_labels=n_choices if classifier else None)
@@ -94,7 +95,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         activation_checkpointing=run.trainer.activation_checkpointing,
     )
     stats = TrainStats()
-    trainer = build_trainer(run, run_dir, monitor_of(task.cfg), has_dev=bool(data.dev_rows),
+    trainer = build_trainer(run, run_dir, monitor_of(run), has_dev=bool(data.dev_rows),
                             callbacks=[stats, *(callbacks or [])])
     trainable, total = trainable_parameters(model)
     load_s = time.perf_counter() - start
@@ -120,7 +121,6 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         "total_params": total,
         "peft": run.peft.method,
         "train_rows": len(data.train_rows),
-        "dev_rows": [r["_id"] for r in data.dev_rows],
         "optimizer_steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "stopped_early": _stopped_early(trainer),
@@ -128,17 +128,17 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
     }
     dev_metrics = stats.dev_curve[-1] if stats.dev_curve else {}
     dev_metrics = {k.removeprefix("dev/"): v for k, v in dev_metrics.items() if k.startswith("dev/")}
-    objective = dev_metrics.get(monitor_of(task.cfg)[0].removeprefix("dev/"))  # what a sweeper optimises
+    objective = dev_metrics.get(monitor_of(run)[0].removeprefix("dev/"))  # what a sweeper optimises
     if run.method.save_model:
         training["saved_model"] = save_weights(model, tokenizer, run_dir / ("adapter" if run.peft.method != "full"
                                                                              else "model"))
     if not evaluate:
         return {"training": training, "dev_metrics": dev_metrics, "objective": objective,
-                "timings": {"load_s": load_s, "train_s": train_s}}
+                "splits": data.splits.record(), "timings": {"load_s": load_s, "train_s": train_s}}
 
     model = _unwrap(model).to(device).eval()
     chat = chat_tokenizer(run.prompt, tokenizer)
-    examples = render_rows(task, run, task.rows["eval"], chat)[0]
+    examples = render_rows(data.task, run, data.splits.test, chat)[0]
     if classifier:
         predictions, eval_s, tokens = classify(model, tokenizer, task, run, examples, device)
         metrics = compute_head_metrics(task, predictions)
@@ -161,6 +161,7 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         "dev_metrics": dev_metrics,
         "objective": objective,
         "predictions": predictions,
+        "splits": data.splits.record(),
         "training": training,
         "timings": {"load_s": load_s, "train_s": train_s, "eval_s": eval_s,
                     "tokens_per_s": training["tokens_per_s"]},

@@ -1,15 +1,16 @@
 """The Optuna sweeper: ask the study for trials, launch each as a Hydra job, tell the study the result.
 
-Search-space overrides use Hydra's sweep syntax: ``choice(a,b,c)`` or ``a,b,c`` (categorical),
-``range(a,b[,step])`` (categorical over the integers), ``interval(a,b)`` (uniform float, or integer when
-both ends are integers) and ``tag(log, interval(a,b))`` (log-uniform). Every other override is passed to
-every job unchanged.
+Search-space overrides use Hydra's sweep syntax (parsed by :func:`autoglm_bench.studies.parse_space`):
+``choice(a,b,c)`` or ``a,b,c``, ``range(a,b[,step])``, ``interval(a,b)`` and ``tag(log, interval(a,b))``.
+Every other override is passed to every job unchanged.
 
-Each job gets ``hpo.storage``, ``hpo.study_name`` and ``hpo.trial_number`` so that a fine-tuning run
-reports its dev metric after each validation to the same study (SQLite in the sweep directory by
-default, or any RDB URL shared by many workers) and the study's pruner can stop it. A job's return value
-(for method=finetune the dev metric, never the eval split's) is the trial's value; a pruned job is stored
-as PRUNED and a crashed one as FAIL.
+Each job gets ``hpo.storage``, ``hpo.study_name``, ``hpo.trial_number`` and ``hpo.pruner`` so that it
+rejoins its trial with the sweep's pruner and reports its dev metric after each validation (fine-tuning),
+and the pruner can stop it. A job's return value is its dev objective (never the reported test split's);
+a pruned job is stored as PRUNED, one that raised or returned NaN as FAIL, and the sweep goes on. Job
+directories carry the trial number (``hydra.job.num``), so a resumed sweep never overwrites a finished
+job. The resume policy is :func:`autoglm_bench.studies.run_trials`: the same command again runs only the
+trials still missing, and a trial whose process died is re-run once with its parameters.
 
     python -m autoglm_bench -m hydra/sweeper=optuna method=finetune peft=lora \\
         'optim.lr=tag(log,interval(1e-5,1e-3))' 'peft.r=choice(4,8,16)' hydra.sweeper.n_trials=40
@@ -17,12 +18,13 @@ as PRUNED and a crashed one as FAIL.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
@@ -35,52 +37,16 @@ if TYPE_CHECKING:  # optuna is imported when a sweep starts, not when Hydra scan
 log = logging.getLogger(__name__)
 
 
-def distribution(override: Override) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution of one sweep override."""
-    import optuna
-
-    sweep = override.value()
-    if isinstance(sweep, ChoiceSweep):
-        return optuna.distributions.CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(sweep, RangeSweep):
-        return optuna.distributions.CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(sweep, IntervalSweep):
-        log_scale = "log" in sweep.tags
-        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
-            return optuna.distributions.IntDistribution(sweep.start, sweep.end, log=log_scale)
-        return optuna.distributions.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
-    raise HydraException(f"hydra/sweeper=optuna cannot search {override.input_line!r}; use choice(...), "
-                         "range(...), interval(a,b) or tag(log,interval(a,b))")
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise HydraException(f"unknown hydra.sweeper.sampler {name!r}; allowed: tpe, random")
-
-
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    import optuna
-
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
-               "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
-    if name not in pruners:
-        raise HydraException(f"unknown hydra.sweeper.pruner {name!r}; allowed: {', '.join(pruners)}")
-    return pruners[name]()
-
-
 class OptunaSweeper(Sweeper):
-    """Hydra's Sweeper interface (``setup``, ``sweep``) over an Optuna ask/tell loop."""
+    """Hydra's Sweeper interface (``setup``, ``sweep``) over :func:`autoglm_bench.studies.run_trials`."""
 
-    def __init__(self, n_trials: int, n_jobs: int, direction: str, sampler: str, pruner: str, seed: int,
-                 storage: str | None, study_name: str | None, params: dict[str, str] | None = None) -> None:
+    def __init__(self, n_trials: int, n_jobs: int, direction: str | None, sampler: str, pruner: str, seed: int,
+                 n_startup_trials: int, storage: str | None, study_name: str | None, heartbeat_s: int,
+                 params: dict[str, str] | None = None) -> None:
         self.n_trials, self.n_jobs, self.direction = n_trials, max(1, n_jobs), direction
-        self.sampler, self.pruner, self.seed = sampler, pruner, seed
-        self.storage, self.study_name, self.params = storage, study_name, dict(params or {})
+        self.sampler, self.pruner, self.seed, self.n_startup_trials = sampler, pruner, seed, n_startup_trials
+        self.storage, self.study_name, self.heartbeat_s = storage, study_name, heartbeat_s
+        self.params = dict(params or {})
         self.config: DictConfig | None = None
         self.launcher: Any = None
 
@@ -93,48 +59,83 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> optuna.Study:
-        import optuna
+        from autoglm_bench.config import PRUNERS, ConfigError, objective_of
+        from autoglm_bench.studies import grid_of, make_sampler, open_study, parse_space, run_trials
 
         assert self.config is not None and self.launcher is not None
-        parser = OverridesParser.create()
-        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        space = {o.get_key_element(): distribution(o) for o in overrides if o.is_sweep_override()}
+        overrides = OverridesParser.create().parse_overrides(
+            [f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        sweeps = {o.get_key_element(): o.input_line.partition("=")[2] for o in overrides if o.is_sweep_override()}
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in overrides
                  if not o.is_sweep_override()]
-        if not space:
+        if not sweeps:
             raise HydraException("hydra/sweeper=optuna found nothing to search; add e.g. "
                                  "'optim.lr=tag(log,interval(1e-5,1e-3))'")
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = self.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
-        study = optuna.create_study(study_name=self.study_name or "sweep", storage=storage,
-                                    sampler=make_sampler(self.sampler, self.seed), pruner=make_pruner(self.pruner),
-                                    direction=self.direction, load_if_exists=True)
-        log.info(f"Optuna study {study.study_name!r} in {storage}: {self.n_trials} trials over {', '.join(space)}")
-        done = 0
-        while done < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            jobs = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()]
-                          + [f"hpo.storage={storage}", f"hpo.study_name={study.study_name}",
-                             f"hpo.trial_number={t.number}"]) for t in trials]
-            for trial, ret in zip(trials, self.launcher.launch(jobs, initial_job_idx=done)):
-                self._tell(study, trial, ret)
-            done += len(trials)
-        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if completed:
+        try:
+            space = parse_space(sweeps)
+            if self.pruner not in PRUNERS or self.pruner == "wilcoxon":
+                raise ConfigError(f"unknown hydra.sweeper.pruner {self.pruner!r}; allowed: none, median, "
+                                  "successive_halving, hyperband")
+            metric, natural = objective_of(self.config)
+            direction = self.direction or natural
+            if direction not in ("maximize", "minimize"):
+                raise ConfigError(f"unknown hydra.sweeper.direction {direction!r}; allowed: maximize, minimize")
+            sampler = make_sampler(self.sampler, self.seed, n_startup_trials=self.n_startup_trials,
+                                   grid=grid_of(space))
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            storage = self.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+            name = self.study_name or self.default_study_name(fixed, sweeps, direction)
+            study = open_study(storage, name, [direction], sampler=sampler, heartbeat_s=self.heartbeat_s)
+        except ConfigError as exc:
+            raise HydraException(str(exc)) from None
+        log.info(f"Optuna study {name!r} ({direction} dev {metric}) in {storage}: {self.n_trials} trials over "
+                 f"{', '.join(sweeps)}")
+        job_args = [*fixed, f"hpo.storage={storage}", f"hpo.study_name={name}", f"hpo.pruner={self.pruner}"]
+
+        def launch(trials: list[optuna.Trial]) -> list[Any]:
+            outcomes = {}
+            for group in contiguous(trials):  # job numbers (and so job directories) are trial numbers
+                jobs = [tuple([*job_args, *(f"{k}={v}" for k, v in t.params.items()), f"hpo.trial_number={t.number}"])
+                        for t in group]
+                returns = self.launcher.launch(jobs, initial_job_idx=group[0].number)
+                outcomes.update({t.number: outcome(ret) for t, ret in zip(group, returns)})
+            return [outcomes[t.number] for t in trials]
+
+        ran = run_trials(study, self.n_trials, launch, space=space, batch_size=self.n_jobs)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        log.info(f"study {name!r}: ran {ran} trials now; states {dict((s, states.count(s)) for s in set(states))}")
+        if "COMPLETE" in states:
             log.info(f"best trial {study.best_trial.number}: {study.best_value} with {study.best_params}")
         return study
 
-    @staticmethod
-    def _tell(study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
-        import optuna
+    def default_study_name(self, fixed: list[str], sweeps: dict[str, str], direction: str) -> str:
+        """``sweep-<hash>`` of what the jobs compute and how trials are chosen, so the same command (on any
+        worker) joins the same study and two different sweeps on one database never share one."""
+        keyed = {"fixed": sorted(fixed), "space": sweeps, "sampler": self.sampler, "pruner": self.pruner,
+                 "seed": self.seed, "direction": direction}
+        return "sweep-" + hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
 
-        if ret.status == JobStatus.COMPLETED and ret.return_value is not None:
-            study.tell(trial, float(ret.return_value))
-            return
-        error = ret._return_value if ret.status == JobStatus.FAILED else None
-        pruned = type(error).__name__ == "TrialPruned"
-        state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
-        if not pruned:
-            log.warning(f"trial {trial.number} failed: {error!r}")
-        study.tell(trial, state=state)
+
+def contiguous(trials: list[Any]) -> list[list[Any]]:
+    """``trials`` split into runs of consecutive trial numbers (a launcher numbers jobs consecutively)."""
+    groups: list[list[Any]] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        if groups and groups[-1][-1].number + 1 == trial.number:
+            groups[-1].append(trial)
+        else:
+            groups.append([trial])
+    return groups
+
+
+def outcome(ret: Any) -> Any:
+    """The :class:`~autoglm_bench.studies.Outcome` of one Hydra job."""
+    from autoglm_bench.studies import Outcome
+
+    if ret.status == JobStatus.COMPLETED:
+        return Outcome(values=ret.return_value)
+    error = ret._return_value  # Hydra keeps the job's exception here
+    if type(error).__name__ == "TrialPruned":
+        return Outcome(pruned=True)
+    log.warning(f"job {ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else '?'} failed: {error!r}")
+    return Outcome(error=f"{type(error).__name__}: {error}")

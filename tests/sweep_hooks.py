@@ -1,0 +1,18 @@
+"""A task hook for sweeper tests: the shipped toy task, whose scoring misbehaves when asked to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoglm_bench.synthetic import ToySentiment
+
+
+class FlakyToy(ToySentiment):
+    """``task.options.mode``: ``ok`` scores normally, ``nan`` returns NaN metrics, ``raise`` raises."""
+
+    def score(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
+        mode = self.cfg.options.get("mode", "ok")
+        if mode == "raise":
+            raise RuntimeError("scoring failed on purpose")
+        metrics = super().score(predictions)
+        return {k: float("nan") for k in metrics} if mode == "nan" else metrics

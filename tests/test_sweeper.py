@@ -1,0 +1,180 @@
+"""``hydra/sweeper=optuna`` over the real command: the sweep's pruner and direction reach the jobs, reruns
+resume instead of adding trials, a killed sweeper loses nothing, failed jobs are recorded and the sweep goes
+on, parallel jobs share the cores, and two sweepers share one study on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from autoglm_bench.config import compose, objective_of
+
+from .conftest import REPO, run_cli
+from .postgres import postgres_url  # noqa: F401 - a pytest fixture
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# Fast jobs: evaluate tiny_glm on 40 dev and 40 test rows; the objective is the dev accuracy.
+EVAL_JOB = ["-m", "hydra/sweeper=optuna", "+experiment=quickstart", "limit=40", "dev_size=40", "logger=none"]
+# Fine-tuning jobs that report a dev accuracy after each of 3 epochs.
+TRAIN_JOB = ["-m", "hydra/sweeper=optuna", "+experiment=toy_tiny_glm_finetune", "limit=64", "dev_size=32",
+             "trainer.max_epochs=3", "logger=none", "trainer.checkpoint=false", "method.save_model=false"]
+
+
+def study_of(sweep_dir: Path) -> optuna.Study:
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def results_of(sweep_dir: Path) -> dict[int, dict]:
+    """Trial number -> results.json of its job directory (named by the trial number)."""
+    out = {}
+    for path in sweep_dir.glob("*_toy_sentiment_tiny_glm/results.json"):
+        out[int(path.parent.name.split("_")[0])] = json.loads(path.read_text())
+    return out
+
+
+def test_objective_direction_follows_the_objective():
+    assert objective_of(compose(["method=finetune", "task=gsm8k"])) == ("loss", "minimize")
+    assert objective_of(compose(["method=finetune"])) == ("acc", "maximize")
+    assert objective_of(compose(["task=cb"])) == ("acc", "maximize")
+
+
+def test_jobs_use_the_sweeps_pruner_and_direction_and_a_rerun_adds_no_trial(tmp_path):
+    args = [*TRAIN_JOB, "optim.lr=tag(log,interval(1e-4,3e-2))", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner=hyperband", "hydra.sweeper.direction=minimize", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_cli(*args, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = study_of(tmp_path)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    results = results_of(tmp_path)
+    assert sorted(results) == [0, 1, 2]
+    for number, result in results.items():
+        used = result["hpo_trial"]  # what the job itself rejoined its trial with
+        assert used == {"study": study.study_name, "number": number, "pruner": "HyperbandPruner",
+                        "direction": "minimize"}
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")}
+
+    proc = run_cli(*args, env=ONE_THREAD)  # the same command again: the study is complete
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(study_of(tmp_path).trials) == 3
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")} == stamps
+
+    proc = run_cli(*args[:-4], "hydra.sweeper.n_trials=4", *args[-3:], env=ONE_THREAD)  # a bigger budget
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(study_of(tmp_path).trials) == 4 and sorted(results_of(tmp_path)) == [0, 1, 2, 3]
+
+
+def running_trial(db: Path) -> int | None:
+    if not db.is_file():
+        return None
+    try:
+        with sqlite3.connect(db, timeout=10) as conn:
+            row = conn.execute("SELECT number FROM trials WHERE state = 'RUNNING'").fetchone()
+    except sqlite3.OperationalError:  # tables not created yet
+        return None
+    return row[0] if row else None
+
+
+def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(tmp_path):
+    args = [*EVAL_JOB, "prompt.template=choice(default,question)", "model.seed=range(0,50)",
+            "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_s=1",
+            f"hydra.sweep.dir={tmp_path}"]
+    env = {**os.environ, **ONE_THREAD}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, killed = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        number = running_trial(tmp_path / "optuna.db")
+        if number is not None and number >= 1:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = number
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed is not None, "the sweep ended before a second trial was running"
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")}
+    dead_params = study_of(tmp_path).trials[killed].params
+
+    time.sleep(2.5)  # past the heartbeat grace period (2 x heartbeat_s), as any real rerun would be
+    done = run_cli(*args, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert trials[killed].state.name == "FAIL"  # the dead trial, re-run once with the same parameters:
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and retries[0].params == dead_params and retries[0].state.name == "COMPLETE"
+    assert [t.params for t in complete].count(dead_params) == 1
+    # finished jobs were not overwritten, and every complete trial has its own job directory
+    assert all(p.stat().st_mtime_ns == m for p, m in stamps.items())
+    results = results_of(tmp_path)
+    for t in complete:
+        assert results[t.number]["config"]["hpo"]["trial_number"] == t.number
+        assert results[t.number]["objective"] == t.value
+
+
+def test_a_raising_job_and_a_nan_job_are_failed_and_the_sweep_completes(tmp_path):
+    proc = run_cli(*EVAL_JOB, "task.hook=tests.sweep_hooks:FlakyToy", "+task.options.mode=choice(ok,nan,raise)",
+                   "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}",
+                   env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_mode = {t.params["+task.options.mode"]: t for t in study_of(tmp_path).trials}
+    assert {m: t.state.name for m, t in by_mode.items()} == {"ok": "COMPLETE", "nan": "FAIL", "raise": "FAIL"}
+    assert "not a finite number" in by_mode["nan"].system_attrs["fail_reason"]
+    assert "scoring failed on purpose" in by_mode["raise"].system_attrs["fail_reason"]
+    results = results_of(tmp_path)
+    assert results[by_mode["raise"].number]["status"] == "failed"
+
+
+def test_an_evaluate_sweep_selects_on_dev_rows_only(tmp_path):
+    proc = run_cli(*EVAL_JOB, "prompt.template=choice(default,question)", "hydra.sweeper.sampler=grid",
+                   "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = study_of(tmp_path)
+    for number, result in results_of(tmp_path).items():
+        splits = result["splits"]
+        dev, test = set(splits["dev_ids"]), set(splits["test_ids"])
+        assert dev and test and not dev & test
+        assert {p["id"] for p in result["dev_predictions"]} == dev  # the objective's rows
+        assert {p["id"] for p in result["predictions"]} == test  # the reported rows
+        dev_acc = sum(p["prediction"] == p["target"] for p in result["dev_predictions"]) / len(dev)
+        assert study.trials[number].value == result["objective"] == result["dev_metrics"]["acc"] == dev_acc
+
+
+def test_parallel_launcher_runs_two_jobs_with_one_share_of_the_cores_each(tmp_path):
+    proc = run_cli(*EVAL_JOB, "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2", "model.seed=range(0,50)",
+                   "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state.name for t in study_of(tmp_path).trials] == ["COMPLETE"] * 4
+    results = results_of(tmp_path)
+    cores = len(os.sched_getaffinity(0))
+    assert sorted(results) == [0, 1, 2, 3]
+    assert {r["env"]["threads"] for r in results.values()} == {max(1, cores // 2)}
+
+
+def test_two_sweepers_share_one_study_on_postgresql(tmp_path, postgres_url):  # noqa: F811
+    args = [*EVAL_JOB, "model.seed=range(0,50)", "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=6",
+            f"hydra.sweeper.storage={postgres_url}"]
+    env = {**os.environ, **ONE_THREAD}
+    env.pop("HYDRA_FULL_ERROR", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args, f"hydra.sweep.dir={tmp_path / w}"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for w in ("a", "b")]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+    (name,) = optuna.get_all_study_names(postgres_url)
+    trials = optuna.load_study(study_name=name, storage=postgres_url).trials
+    ran = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert [t.state.name for t in ran].count("COMPLETE") == 6 and len(ran) == 6
+    jobs = [int(p.parent.name.split("_")[0]) for w in ("a", "b") for p in (tmp_path / w).glob("*/results.json")]
+    assert sorted(jobs) == sorted(t.number for t in ran)  # each trial ran once, in one worker
