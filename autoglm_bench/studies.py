@@ -139,22 +139,29 @@ def open_study(storage_url: str, study_name: str, directions: Sequence[str], sam
     """
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import IntegrityError
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            storage = RDBStorage(storage_url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
-            if storage_url.startswith("sqlite"):
-                tune_sqlite(storage.engine)
-            if create:
-                study = optuna.create_study(storage=storage, study_name=study_name, directions=list(directions),
-                                            sampler=sampler, pruner=pruner, load_if_exists=True)
-            else:
-                study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-        except Exception as exc:
-            raise ConfigError(f"storage {safe_url(storage_url)!r} cannot open study {study_name!r}: "
-                              f"{one_line(exc)}") from exc
+    for attempt in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                storage = RDBStorage(storage_url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
+                if storage_url.startswith("sqlite"):
+                    tune_sqlite(storage.engine)
+                if create:
+                    study = optuna.create_study(storage=storage, study_name=study_name, directions=list(directions),
+                                                sampler=sampler, pruner=pruner, load_if_exists=True)
+                else:
+                    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+                break
+            except IntegrityError:  # another worker created the same tables or study a moment ago: look again
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 + attempt)
+            except Exception as exc:
+                raise ConfigError(f"storage {safe_url(storage_url)!r} cannot open study {study_name!r}: "
+                                  f"{one_line(exc)}") from exc
     found = [d.name.lower() for d in study.directions]
     if create and found != list(directions):
         raise ConfigError(f"study {study_name!r} at {safe_url(storage_url)} optimises {found}, not "
@@ -275,6 +282,10 @@ def run_trials(study: optuna.Study, n_trials: int, run_batch: Callable[[list[opt
 
     storage = study._storage
     wait = wait_s or (storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None) or 5
+    if isinstance(study.sampler, optuna.samplers.GridSampler) and space:
+        n_trials = min(n_trials, math.prod(len(grid) for grid in (grid_of(space) or {}).values()))
+    if study.get_trials(deepcopy=False):
+        study.sampler.reseed_rng()  # a resumed study must not replay the draws of the run that began it
     ran = 0
     while True:
         with warnings.catch_warnings():  # stale-trial handling is "experimental" in Optuna since 2.9
@@ -297,8 +308,8 @@ def run_trials(study: optuna.Study, n_trials: int, run_batch: Callable[[list[opt
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = study.ask(space)
             if over_budget(study, trial.number, n_trials):
-                study.set_trial_user_attr(trial._trial_id, "surplus", True)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                trial.set_user_attr("surplus", True)
+                tell(study, trial, Outcome(error="surplus: asked beyond n_trials by a concurrent worker"))
                 break
             batch.append(trial)
         if not batch:
@@ -329,13 +340,19 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
         as_list = list(values) if isinstance(values, Sequence) else [values]
         if any(v is None or not math.isfinite(float(v)) for v in as_list):
             outcome = Outcome(error=f"objective returned {values!r}, not a finite number")
-    if outcome.pruned:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    elif outcome.error is not None:
-        study.set_trial_system_attr(trial._trial_id, "fail_reason", outcome.error[:2000])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    else:
-        study.tell(trial, values)
+    try:
+        if outcome.pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif outcome.error is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", outcome.error[:2000])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, values)
+    except RuntimeError as exc:
+        # GridSampler calls study.stop() once every grid point is taken, which Optuna only allows inside
+        # study.optimize; the trial's state is stored before that call, and run_trials counts the budget.
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def run_objective(objective: Callable[[optuna.Trial], Any], trial: optuna.Trial) -> Outcome:

@@ -85,7 +85,7 @@ def running_trial(db: Path) -> int | None:
 
 
 def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(tmp_path):
-    args = [*EVAL_JOB, "prompt.template=choice(default,question)", "model.seed=range(0,50)",
+    args = [*EVAL_JOB, "prompt.template=choice(default,question)", "model.seed=range(0,1000)",
             "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_s=1",
             f"hydra.sweep.dir={tmp_path}"]
     env = {**os.environ, **ONE_THREAD}
@@ -124,16 +124,16 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
 
 
 def test_a_raising_job_and_a_nan_job_are_failed_and_the_sweep_completes(tmp_path):
-    proc = run_cli(*EVAL_JOB, "task.hook=tests.sweep_hooks:FlakyToy", "+task.options.mode=choice(ok,nan,raise)",
+    proc = run_cli(*EVAL_JOB, "task.hook=tests.sweep_hooks:FlakyToy", "+task.options.mode=choice(ok,not_a_number,crash)",
                    "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}",
                    env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     by_mode = {t.params["+task.options.mode"]: t for t in study_of(tmp_path).trials}
-    assert {m: t.state.name for m, t in by_mode.items()} == {"ok": "COMPLETE", "nan": "FAIL", "raise": "FAIL"}
-    assert "not a finite number" in by_mode["nan"].system_attrs["fail_reason"]
-    assert "scoring failed on purpose" in by_mode["raise"].system_attrs["fail_reason"]
+    assert {m: t.state.name for m, t in by_mode.items()} == {"ok": "COMPLETE", "not_a_number": "FAIL", "crash": "FAIL"}
+    assert "not a finite number" in by_mode["not_a_number"].system_attrs["fail_reason"]
+    assert "scoring failed on purpose" in by_mode["crash"].system_attrs["fail_reason"]
     results = results_of(tmp_path)
-    assert results[by_mode["raise"].number]["status"] == "failed"
+    assert results[by_mode["crash"].number]["status"] == "failed"
 
 
 def test_an_evaluate_sweep_selects_on_dev_rows_only(tmp_path):
@@ -152,7 +152,7 @@ def test_an_evaluate_sweep_selects_on_dev_rows_only(tmp_path):
 
 
 def test_parallel_launcher_runs_two_jobs_with_one_share_of_the_cores_each(tmp_path):
-    proc = run_cli(*EVAL_JOB, "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2", "model.seed=range(0,50)",
+    proc = run_cli(*EVAL_JOB, "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2", "model.seed=range(0,1000)",
                    "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [t.state.name for t in study_of(tmp_path).trials] == ["COMPLETE"] * 4
@@ -163,7 +163,7 @@ def test_parallel_launcher_runs_two_jobs_with_one_share_of_the_cores_each(tmp_pa
 
 
 def test_two_sweepers_share_one_study_on_postgresql(tmp_path, postgres_url):  # noqa: F811
-    args = [*EVAL_JOB, "model.seed=range(0,50)", "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=6",
+    args = [*EVAL_JOB, "model.seed=range(0,1000)", "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=6",
             f"hydra.sweeper.storage={postgres_url}"]
     env = {**os.environ, **ONE_THREAD}
     env.pop("HYDRA_FULL_ERROR", None)

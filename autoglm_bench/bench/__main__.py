@@ -1,4 +1,4 @@
-"""``python -m autoglm_bench.bench {scoring} [options]``: run one benchmark (``--help`` for each)."""
+"""``python -m autoglm_bench.bench NAME [options]``: run one benchmark (``--help`` for each)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ BENCHMARKS = {
     "scoring": "autoglm_bench.bench.scoring",
     "train": "autoglm_bench.bench.train",
     "search": "autoglm_bench.bench.search",
+    "task-glm": "autoglm_bench.bench.task_glm",
 }
 
 

@@ -17,9 +17,6 @@ has something real to find.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import random
 import shlex
 import statistics
 import sys
@@ -27,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-TRAIN_RECIPE = 3  # bump when train_prompt_sensitive_glm changes, so cached models are rebuilt
+from .task_glm import TRAIN_RECIPE, train_prompt_sensitive_glm  # noqa: F401  (the toy trainer lives there)
+
 BENCH_SPACE = [
     "search.space.instructions=[none,task]",
     "search.space.templates=null",
@@ -49,85 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads; for a model this small more threads only add synchronisation")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
     parser.add_argument("override", nargs="*", help="extra config overrides, e.g. search.minibatch=16")
-
-
-def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2, batch_size: int = 32) -> Path:
-    """tiny_glm trained on toy_sentiment train rows in one prompt format; cached; returns its folder.
-
-    Each training sequence is 1-3 rows rendered with the ``default`` template and the gold label word, in
-    the plain layout :func:`~autoglm_bench.prompts.prompt_text` produces for k-shot prompts; the loss is
-    on the label words only, which is what makes a few hundred steps enough.
-
-    >>> path = train_prompt_sensitive_glm()  # doctest: +SKIP
-    >>> run = compose(["model=hf", f"model.path={path}"])  # doctest: +SKIP
-    """
-    import os
-    import shutil
-    import tempfile
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from autoglm_bench.config import ModelConfig, compose
-    from autoglm_bench.models import build_tiny_glm, cache_dir
-    from autoglm_bench.prompts import demo_answer, render
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
-
-    source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
-    spec = [TRAIN_RECIPE, source.name, steps, seed, lr, batch_size]
-    target = cache_dir() / "tiny_glm_toy_trained" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
-    if (target / "model.safetensors").is_file():
-        return target
-    run_cfg = compose(["task=toy_sentiment"])
-    task = load_task(run_cfg.task, None)
-    # only the train part: the dev rows the search selects on stay unseen, as the test rows do
-    cfg, rows = task.cfg, split_task(task, run_cfg.split_seed, run_cfg.dev_size).train
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    template, pad = cfg.templates["default"], tokenizer.pad_token_id
-    with torch.enable_grad():
-        for _ in range(steps):
-            ids, labels = [], []
-            for _ in range(batch_size):
-                seq_ids: list[int] = []
-                seq_labels: list[int] = []
-                for r in (rng.choice(rows) for _ in range(rng.randint(1, 3))):
-                    context, answer = encode(render(template, r)), encode(cfg.target_delimiter + demo_answer(cfg, r))
-                    sep = encode(cfg.fewshot_delimiter)
-                    seq_ids += context + answer + sep
-                    seq_labels += [-100] * len(context) + answer + [-100] * len(sep)  # the loss is on answers only
-                ids.append(seq_ids)
-                labels.append(seq_labels)
-            width = max(map(len, ids))
-            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-            label_ids = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
-            # Right padding under causal attention never reaches a real token, so no attention mask is
-            # needed, and on CPU the masked attention path is ~10x slower for this model.
-            model(input_ids=input_ids, labels=label_ids).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    model.eval()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:  # a concurrent builder won
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def run_study(run: Any, task: Any, lm: Any, splits: Any, space: Any, sampler: str, pruner: str, seed: int,
