@@ -182,16 +182,18 @@ class HpoConfig:
 
 @dataclass
 class SearchSpaceConfig:
-    """The prompt search space; every list is one categorical dimension of the Optuna study."""
+    """The prompt search space; every entry is one categorical dimension of the Optuna study, given as a
+    YAML list or in Hydra's sweep syntax like every search space here (``k_shot='range(0,5)'``,
+    ``templates='choice(default,review)'``)."""
 
     # "none": no instruction; "task": each of the task's instructions; "proposed": a new one written by
     # the proposer model (search.proposal); anything else is a literal instruction.
-    instructions: list[str] = field(default_factory=lambda: ["none", "task"])
-    templates: list[str] | None = None  # names in task.templates; null: all of them
+    instructions: Any = field(default_factory=lambda: ["none", "task"])
+    templates: Any = None  # names in task.templates; null: all of them
     verbalizers: dict[str, list[str]] = field(default_factory=dict)  # name -> label words; {}: the task's
-    k_shot: list[int] = field(default_factory=lambda: [0, 1, 2, 4])
-    demo_selection: list[str] = field(default_factory=lambda: ["random", "balanced", "nearest"])
-    demo_order: list[str] = field(default_factory=lambda: ["selected", "reversed"])
+    k_shot: Any = field(default_factory=lambda: [0, 1, 2, 4])
+    demo_selection: Any = field(default_factory=lambda: ["random", "balanced", "nearest"])
+    demo_order: Any = field(default_factory=lambda: ["selected", "reversed"])
 
 
 @dataclass
@@ -457,6 +459,7 @@ def validate_prompt_search(run: RunConfig) -> None:
         raise ConfigError(f"method=prompt_search needs a multiple_choice task; {t.name!r} is {t.type}")
     _one_of("search.sampler", s.sampler, SAMPLERS)
     _one_of("search.pruner", s.pruner, PRUNERS)
+    categorical_space(sp)
     if s.n_trials <= 0:
         raise ConfigError(f"search.n_trials must be a positive number of trials, got {s.n_trials}")
     for key in ("instructions", "templates", "k_shot", "demo_selection", "demo_order"):
@@ -523,6 +526,27 @@ def objective_of(run: Any) -> tuple[str, str]:
     if run.method.name == "prompt_search":
         return run.search.objectives[0], "maximize"
     return run.task.metrics[0], "maximize"
+
+
+def categorical_space(space: SearchSpaceConfig) -> None:
+    """Turn every sweep-syntax string of ``space`` into its list of choices, in place (one syntax for every
+    search space: :func:`autoglm_bench.studies.parse_space`)."""
+    from .studies import distribution
+
+    for key in ("instructions", "templates", "k_shot", "demo_selection", "demo_order"):
+        value = getattr(space, key)
+        if isinstance(value, str):
+            dist = distribution(f"search.space.{key}", value)
+            if not hasattr(dist, "choices"):
+                raise ConfigError(f"search.space.{key}={value!r}: prompt dimensions are categorical; use choice(...)"
+                                  " or range(...)")
+            value = list(dist.choices)
+        if value is not None and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"search.space.{key} must be a list or a choice(...)/range(...), got {value!r}")
+        if key == "k_shot" and value is not None:
+            if not all(isinstance(k, int) for k in value):
+                raise ConfigError(f"search.space.k_shot values must be integers, got {list(value)}")
+        setattr(space, key, None if value is None else list(value))
 
 
 def one_line(exc: BaseException) -> str:

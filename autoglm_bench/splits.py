@@ -3,8 +3,8 @@
 - **test**: the rows that are reported: the task's eval split (``limit=`` keeps its first N rows). Nothing
   selects on them: not prompt search, not early stopping, not HPO, not a sweeper's objective.
 - **dev**: ``dev_size`` rows drawn with ``split_seed`` from the task's train split; every selection reads
-  these. A task without a train split (BoolQ and AG News in the offline data) draws its dev rows from the
-  eval split instead, and its test rows are the rest of that split.
+  these. A task without a train split (BoolQ, AG News and BBH in the offline data) draws its dev rows from
+  the eval split instead (at most half of it), and its test rows are the rest of that split.
 - **train**: the train split less the dev rows, in a ``split_seed`` order: few-shot demos and training.
 
 ``seed`` varies sampling (demos, initialisation, data order), never which rows are dev or test: changing
@@ -64,13 +64,13 @@ def split_task(task: Task, split_seed: int, dev_size: int, limit: int | None = N
         dev_source = f"{len(dev)} rows of split {task.cfg.splits['train']!r} drawn with split_seed {split_seed}"
         test_source = f"split {eval_name!r}"
     else:
-        if dev_size >= len(evals):
-            raise ConfigError(f"task {task.name!r} has no train split, and dev_size={dev_size} would take all "
-                              f"{len(evals)} rows of split {eval_name!r}; use a smaller dev_size")
-        chosen = rng.sample(range(len(evals)), dev_size)
+        n_dev = min(dev_size, len(evals) // 2)  # a small split keeps at least half of its rows for test
+        chosen = rng.sample(range(len(evals)), n_dev)
         dev, held = [evals[i] for i in chosen], set(chosen)
         test, train = [r for i, r in enumerate(evals) if i not in held], []
-        dev_source = f"{len(dev)} rows of split {eval_name!r} drawn with split_seed {split_seed} (no train split)"
+        capped = f", dev_size {dev_size} capped at half the split" if n_dev < dev_size else ""
+        dev_source = (f"{len(dev)} rows of split {eval_name!r} drawn with split_seed {split_seed} (no train "
+                      f"split{capped})")
         test_source = f"split {eval_name!r} less the dev rows"
     if limit is not None:
         dev, test = dev[:limit], test[:limit]

@@ -110,7 +110,7 @@ def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert "train/loss" in (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
-    held_out = set(training["dev_rows"])
+    held_out = set(result["splits"]["dev_ids"])
     assert held_out and not held_out & {p["id"] for p in result["predictions"]}  # dev rows come from train
     json.dumps(result)
 
@@ -118,12 +118,12 @@ def test_cli_learns_the_toy_task_and_records_training(tmp_path):
 def test_lora_adapter_is_saved_as_safetensors_and_tokens_are_cached(tmp_path, model_cache):
     from autoglm_bench.train.run import finetune
 
-    run = compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null", "seed=7"])
+    run = compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null", "split_seed=7"])
     cached = model_cache / "tokenized"
     before = set(cached.iterdir()) if cached.is_dir() else set()
     out = finetune(run, tmp_path)
     made = set(cached.iterdir()) - before
-    assert len(made) == 2  # the training rows and the dev rows (seed 7 picks rows no other test uses)
+    assert len(made) == 2  # the training rows and the dev rows (split_seed 7 picks rows no other test uses)
     finetune(run, tmp_path / "again")
     assert set(cached.iterdir()) - before == made  # the second run reads them back
     folder = tmp_path / "adapter"

@@ -266,3 +266,11 @@ def test_halving_pruners_see_running_accuracy_at_minibatch_ends(tmp_path, sample
         steps = sorted(t.intermediate_values)
         assert steps == ([32, 64, 100] if t.state.name == "COMPLETE" else [32, 64, 100][: len(steps)])
         assert t.intermediate_values[steps[-1]] == t.user_attrs["dev_acc"]
+
+
+def test_space_dimensions_take_the_sweep_syntax_of_every_search_space():
+    space = compose(["method=prompt_search", 'search.space.k_shot="range(0,3)"',
+                     'search.space.templates="choice(default,question)"']).search.space
+    assert space.k_shot == [0, 1, 2] and space.templates == ["default", "question"]
+    with pytest.raises(ConfigError, match="prompt dimensions are categorical"):
+        compose(["method=prompt_search", 'search.space.k_shot="interval(0,3)"'])

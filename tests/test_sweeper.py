@@ -124,12 +124,13 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
 
 
 def test_a_raising_job_and_a_nan_job_are_failed_and_the_sweep_completes(tmp_path):
-    proc = run_cli(*EVAL_JOB, "task.hook=tests.sweep_hooks:FlakyToy", "+task.options.mode=choice(ok,not_a_number,crash)",
-                   "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}",
-                   env=ONE_THREAD)
+    proc = run_cli(*EVAL_JOB, "task.hook=tests.sweep_hooks:FlakyToy",
+                   "+task.options.mode=choice(ok,not_a_number,crash)", "hydra.sweeper.sampler=grid",
+                   "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     by_mode = {t.params["+task.options.mode"]: t for t in study_of(tmp_path).trials}
-    assert {m: t.state.name for m, t in by_mode.items()} == {"ok": "COMPLETE", "not_a_number": "FAIL", "crash": "FAIL"}
+    states = {m: t.state.name for m, t in by_mode.items()}
+    assert states == {"ok": "COMPLETE", "not_a_number": "FAIL", "crash": "FAIL"}
     assert "not a finite number" in by_mode["not_a_number"].system_attrs["fail_reason"]
     assert "scoring failed on purpose" in by_mode["crash"].system_attrs["fail_reason"]
     results = results_of(tmp_path)
