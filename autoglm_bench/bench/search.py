@@ -17,6 +17,7 @@ has something real to find.
 from __future__ import annotations
 
 import argparse
+import platform
 import shlex
 import statistics
 import sys
@@ -86,12 +87,25 @@ def run_study(run: Any, task: Any, lm: Any, splits: Any, space: Any, sampler: st
             "trials": len(states), "pruned": states.count("PRUNED"), "params": best.params}
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the architecture."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def run(args: argparse.Namespace) -> None:
+    import os
+
     import optuna
     import torch
 
     from autoglm_bench.config import compose
     from autoglm_bench.models import load_model
+    from autoglm_bench.results import git_commit
     from autoglm_bench.search.space import PromptSpace
     from autoglm_bench.splits import split_task
     from autoglm_bench.tasks import load_task
@@ -149,6 +163,9 @@ def run(args: argparse.Namespace) -> None:
     command = "python -m autoglm_bench.bench search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     text = "\n".join([
         f"Command: `{command}`", "",
+        f"Commit: `{git_commit()}`; machine: {cpu_model()}, "
+        f"{len(os.sched_getaffinity(0))} cores, {platform.platform()}; torch {torch.__version__}, "
+        f"optuna {optuna.__version__}", "",
         f"Model: tiny_glm trained {args.train_steps} steps on toy_sentiment in one prompt format; space "
         f"{space.size} prompts; dev {len(splits.dev)} / test {len(splits.test)} examples; torch on "
         f"{torch.get_num_threads()} CPU thread(s); "

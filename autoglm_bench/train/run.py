@@ -213,6 +213,7 @@ def build_trainer(run: RunConfig, run_dir: Path, monitor: tuple[str, str], has_d
         deterministic=tr.deterministic,
         enable_progress_bar=tr.progress_bar,
         enable_model_summary=False,
+        enable_checkpointing=tr.checkpoint,  # else Lightning adds its own checkpoint callback
         use_distributed_sampler=False,  # TaskDataModule shards its own order (see ShardedOrder)
         default_root_dir=str(run_dir),
         logger=lightning_logger(run, run_dir),
