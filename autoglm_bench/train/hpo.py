@@ -2,7 +2,7 @@
 
 Each trial samples the keys of ``hpo.space`` (Hydra's sweep syntax, as on the command line of a
 ``hydra/sweeper=optuna`` multirun; left empty, :data:`DEFAULT_SPACE` for the run's PEFT method), trains,
-and reports the dev metric after every validation through optuna-integration's
+and reports the dev metric per validation epoch through optuna-integration's
 PyTorchLightningPruningCallback, so the pruner stops bad trials early (stored as PRUNED). Sampler, pruner,
 storage and the resume policy are the shared ones of :mod:`autoglm_bench.studies`: SQLite in the run
 directory unless ``hpo.storage`` names an RDB URL, and a rerun runs only the trials still missing up to
@@ -67,7 +67,7 @@ def sweeper_trial(run: RunConfig) -> tuple[Any, dict[str, Any]]:
     """The pruning callback of trial ``hpo.trial_number`` in study ``hpo.study_name`` at ``hpo.storage``,
     for a job launched by ``hydra/sweeper=optuna``, and what the job rejoined (for results.json): this
     process rejoins the trial with the sweep's pruner (``hpo.pruner``) and the study's direction, reports
-    the dev metric after each validation and stops when the pruner says so."""
+    the dev metric per validation epoch and stops when the pruner says so."""
     from optuna_integration import PyTorchLightningPruningCallback
 
     from .run import monitor_of

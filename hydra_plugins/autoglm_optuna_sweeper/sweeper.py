@@ -5,7 +5,7 @@ Search-space overrides use Hydra's sweep syntax (parsed by :func:`autoglm_bench.
 Every other override is passed to every job unchanged.
 
 Each job gets ``hpo.storage``, ``hpo.study_name``, ``hpo.trial_number`` and ``hpo.pruner`` so that it
-rejoins its trial with the sweep's pruner and reports its dev metric after each validation (fine-tuning),
+rejoins its trial with the sweep's pruner and reports its dev metric per validation epoch (fine-tuning),
 and the pruner can stop it. A job's return value is its dev objective (never the reported test split's);
 a pruned job is stored as PRUNED, one that raised or returned NaN as FAIL, and the sweep goes on. Job
 directories carry the trial number (``hydra.job.num``), so a resumed sweep never overwrites a finished
