@@ -7,9 +7,9 @@
 #   MODEL=glm4_9b bash sweeps/prompting_tiny_glm_cpu.sh  # GPU: THUDM/glm-4-9b-hf, no training step
 #
 # Settings (environment): AUTOGLM_DATA_DIR (default ../shared/data), MODEL (tiny_glm_cpu | any conf/model
-# option), SEEDS (0,1,2), LIMIT (test rows per task: the first N; default null = all), DEV_SIZE (100), N_TRIALS (30),
-# STEPS (training steps of the CPU model, 500), TASK_WEIGHTS (its batches per task, 4,1,1), TASK_GLM_ARGS
-# (more task-glm flags, e.g. "--hidden-size 64"), THREADS (torch threads per run, 1), OUT
+# option), SEEDS (0,1,2), LIMIT (test rows per task: the first N; default null = all), DEV_SIZE (100),
+# N_TRIALS (30), STEPS (training steps of the CPU model, 500), TASK_WEIGHTS (its batches per task, 4,1,1),
+# TASK_GLM_ARGS (more task-glm flags, e.g. "--hidden-size 64"), THREADS (torch threads per run, 1), OUT
 # (results/prompting_<model>). Runs go to stable folders under multirun/prompting/ (gitignored); a rerun
 # skips completed runs and resumes unfinished prompt-search studies. See sweeps/README.md.
 set -euo pipefail
@@ -18,6 +18,12 @@ cd "$(dirname "$0")/.."
 start_s=$(date +%s)
 trained=0   # 1 when this invocation trained the model
 launched=0  # runs this invocation launched
+git_state() {  # HEAD, with -dirty when tracked files differ from it
+  local head; head=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then head="$head-dirty"; fi
+  echo "$head"
+}
+start_commit=$(git_state)
 DATA_DIR=${AUTOGLM_DATA_DIR:-../shared/data}
 MODEL=${MODEL:-tiny_glm_cpu}
 SEEDS=${SEEDS:-0,1,2}
@@ -39,7 +45,8 @@ TASKS=(sst2 rte cb boolq)
 if [[ "$MODEL" == tiny_glm_cpu ]]; then
   echo "== training (or loading the cached) task GLM: $STEPS steps on the train parts of sst2, rte, cb"
   MODEL_PATH=$("$PYTHON" -m autoglm_bench.bench task-glm --tasks sst2,rte,cb --data-dir "$DATA_DIR" \
-    --steps "$STEPS" --task-weights "$TASK_WEIGHTS" --split-seed "$SPLIT_SEED" --dev-size "$DEV_SIZE" --threads "$THREADS" ${TASK_GLM_ARGS:-})
+    --steps "$STEPS" --task-weights "$TASK_WEIGHTS" --split-seed "$SPLIT_SEED" --dev-size "$DEV_SIZE" \
+    --threads "$THREADS" ${TASK_GLM_ARGS:-})
   MODEL_PATH=$(printf '%s\n' "$MODEL_PATH" | tail -n 1)
   if [[ $(stat -c %Y "$MODEL_PATH/model.safetensors") -ge $start_s ]]; then trained=1; fi
   MODEL_ARGS=(model=hf "model.path=$MODEL_PATH")
@@ -65,7 +72,8 @@ space_for() {
   case "$1" in
     sst2) s+=("+search.space.verbalizers.task=[negative,positive]" "+search.space.verbalizers.bad_good=[bad,good]") ;;
     rte) s+=("+search.space.verbalizers.task=[True,False]" "+search.space.verbalizers.yes_no=[yes,no]") ;;
-    cb) s+=("+search.space.verbalizers.task=[True,False,Neither]" "+search.space.verbalizers.yes_no_maybe=[yes,no,maybe]") ;;
+    cb) s+=("+search.space.verbalizers.task=[True,False,Neither]"
+            "+search.space.verbalizers.yes_no_maybe=[yes,no,maybe]") ;;
     boolq) s+=("+search.space.verbalizers.task=[no,yes]" "+search.space.verbalizers.false_true=[False,True]") ;;
   esac
   if [[ "$1" == boolq ]]; then
@@ -116,13 +124,15 @@ title="Test acc: prompting methods x tasks, $MODEL_TAG"
 wall_s=$(( $(date +%s) - start_s ))
 # one line per invocation (start, wall seconds, runs launched, model trained), so a rerun that only
 # re-makes the table still reports the wall time of the invocations that did the work
-printf '%s\t%s\t%s\t%s\n' "$(date -u -d "@$start_s" +%FT%TZ)" "$wall_s" "$launched" "$trained" >> "$ROOT/invocations.tsv"
+printf '%s\t%s\t%s\t%s\n' "$(date -u -d "@$start_s" +%FT%TZ)" "$wall_s" "$launched" "$trained" \
+  >> "$ROOT/invocations.tsv"
 command="bash sweeps/prompting_tiny_glm_cpu.sh"
 for var in MODEL SEEDS LIMIT DEV_SIZE N_TRIALS STEPS TASK_WEIGHTS TASK_GLM_ARGS THREADS OUT AUTOGLM_DATA_DIR; do
-  if [[ -n "${!var+x}" && -n "$(printenv "$var" || true)" ]]; then command="$var=$(printf %q "$(printenv "$var")") $command"; fi
+  value=$(printenv "$var" || true)  # only what the caller set in the environment
+  if [[ -n "$value" ]]; then command="$var=$(printf %q "$value") $command"; fi
 done
 "$PYTHON" - "$OUT" "$ROOT" "$MODEL" "$MODEL_PATH" "$command" "$wall_s" "$LIMIT" "$DEV_SIZE" "$N_TRIALS" "$SEEDS" \
-  "$K_SHOT" <<'PY'
+  "$K_SHOT" "$start_commit" <<'PY'
 """Prepend the provenance header to the report's Markdown, mark BoolQ's few-shot cell n/a, list the prompts
 the searches picked."""
 import json
@@ -130,10 +140,11 @@ import os
 import platform
 import subprocess
 import sys
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-out, root, model, model_path, command, wall_s, limit, dev_size, n_trials, seeds, k_shot = sys.argv[1:]
+out, root, model, model_path, command, wall_s, limit, dev_size, n_trials, seeds, k_shot, start_commit = sys.argv[1:]
 md_path, tex_path = Path(out + ".md"), Path(out + ".tex")
 
 
@@ -193,7 +204,10 @@ lines = [
                                       f": {model}"),
     "",
     f"- Command (from the repo root): `{command}`",
-    f"- Git commit: `{head}{dirty}`",
+    f"- Git commit: `{head}{dirty}` when this file was written"
+    + (f", `{start_commit}` when this invocation started" if start_commit != head + dirty else "")
+    + "; recorded by the runs (results.json `env.git_commit`): "
+    + ", ".join(f"`{c}` ({n} runs)" for c, n in Counter(r["env"].get("git_commit") for r in done).most_common()),
     f"- Packages: Python {platform.python_version()}, {versions}",
     f"- Machine: {cpu}, {cores} cores available to this process, {platform.platform()}; runs on "
     f"{', '.join(device)} with {', '.join(map(str, threads))} torch thread(s) each",
@@ -229,7 +243,10 @@ lines += [
     + ("all rows" if limit == "null" else f"the first {limit} rows (`limit={limit}`)")
     + " of each task's test split (SST-2, RTE, CB: the validation split; BoolQ, which has no train split "
     f"here: the validation split less its {dev_size} dev rows); dev rows = {dev_size} rows drawn with split_seed "
-    "0 from the train split (BoolQ: from the validation split). The test rows are the same in every column and "
+    "0 from the train split (BoolQ: from the validation split)"
+    + (f", of which the first {limit} are used (`limit` caps dev rows too)"
+       if limit != "null" and int(limit) < int(dev_size) else "")
+    + ". The test rows are the same in every column and "
     f"every seed; `seed` ({seeds}) varies the demos and the sampler only.",
     f"- Columns: `0-shot` = `method=evaluate`, the task's `default` template and label words (deterministic, so "
     f"its std is 0); `{k_shot}-shot` = `method=evaluate prompt=few_shot prompt.k_shot={k_shot} "
@@ -251,10 +268,11 @@ if model == "tiny_glm_cpu":
         "",
         f"**What these numbers are:** accuracies of a ~{recipe['parameters'] / 1e6:.1f}M-parameter model with "
         f"the GLM-4 architecture, trained for {recipe['train_seconds'] / 60:.0f} minutes on CPU on these tasks' "
-        "train text in one prompt format, scored by the harness's real scorer on CPU. They show the harness measuring how prompting methods "
-        "move a model that is sensitive to its prompt. **What they are not:** GLM-4 results, or evidence about "
-        "any pretrained language model; a model this small learns label priors and surface cues, not "
-        "entailment. For the GLM-4 table run `MODEL=glm4_9b bash sweeps/prompting_tiny_glm_cpu.sh` on a GPU.",
+        "train text in one prompt format, scored by the harness's real scorer on CPU. They show the harness "
+        "measuring how prompting methods move a model that is sensitive to its prompt. **What they are not:** "
+        "GLM-4 results, or evidence about any pretrained language model; a model this small most likely learns "
+        "label priors and surface cues, not entailment. For the GLM-4 table run "
+        "`MODEL=glm4_9b bash sweeps/prompting_tiny_glm_cpu.sh` on a GPU.",
     ]
 lines += ["", ""]
 

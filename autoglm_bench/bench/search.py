@@ -8,7 +8,7 @@ found relative to the grid's best and the examples it scored as a fraction of th
 
 The model is tiny_glm briefly trained (a plain torch loop, ``--train-steps``) on the toy sentiment
 task's train rows (the train split less the dev rows, which stay unseen) in one prompt format: the
-``default`` template with the task's label words, zero to three shots. A random-init model predicts one
+``default`` template with the task's label words, zero to two demos. A random-init model predicts one
 class whatever the prompt, so its accuracy would not depend on the prompt; the trained one is accurate in
 the format it learned, at chance with other label words, and inverted with swapped ones, so the search
 has something real to find.

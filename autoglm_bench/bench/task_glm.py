@@ -13,9 +13,9 @@ trained on and is refused.
 Each training sequence is 1 to ``max_demos + 1`` rows of one task (0 to ``max_demos`` demos and a
 query), each rendered with the task's ``default`` template and followed by its gold label word (the
 verbalizer), in the plain k-shot layout :func:`~autoglm_bench.prompts.prompt_text` produces; the loss
-is on the label words only. Tasks are drawn uniformly per sequence, so a small task (CB) is seen as often
-as a large one (SST-2). Training is deterministic (seeded Python and torch RNGs, a fixed torch thread
-count) and cached under ``$AUTOGLM_CACHE_DIR/tiny_glm_task_trained/<hash of the recipe>``, saved as
+is on the label words only. Each batch is one task's, drawn with ``--task-weights`` (default uniform, so a
+small task such as CB is seen as often as SST-2). Training is deterministic (seeded Python and torch RNGs,
+a fixed torch thread count) and cached under ``$AUTOGLM_CACHE_DIR/tiny_glm_task_trained/<hash of the recipe>``, saved as
 safetensors plus tokenizer plus ``task_glm_recipe.json`` (the recipe, rows per task, loss curve, time).
 
 :func:`train_prompt_sensitive_glm` is the toy-task trainer of the prompt-search benchmark
@@ -43,7 +43,7 @@ TASK_GLM_RECIPE = 1  # bump when train_task_glm changes, so cached models are re
 
 # The architecture this benchmark trains by default: tiny_glm made a little wider (hidden 128, MLP 512,
 # 2 layers; 1.54M parameters with the 4096-token vocabulary, 1.05M of them the input and output embeddings)
-# so that ~8 minutes on a shared 2-core CPU teach it SST-2. 4 layers learned more slowly per second.
+# so that ~4 minutes on a shared 2-core CPU teach it SST-2 (500 steps). 4 layers learned more slowly per second.
 TASK_GLM_TINY = {
     "vocab_size": 4096,
     "hidden_size": 128,
