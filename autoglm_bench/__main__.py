@@ -99,9 +99,20 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
         raise
     except Exception as exc:
         status = "pruned" if type(exc).__name__ == "TrialPruned" else "failed"  # a sweeper's pruner stopped it
-        write_results(run_dir, {**record, "status": status, "error": f"{type(exc).__name__}: {exc}",
-                                "traceback": traceback.format_exc(), "metrics": {}, "predictions": [],
-                                "timings": {}, "cost": {}, "env": env_info()})
+        write_results(
+            run_dir,
+            {
+                **record,
+                "status": status,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+                "metrics": {},
+                "predictions": [],
+                "timings": {},
+                "cost": {},
+                "env": env_info(),
+            },
+        )
         raise
     if not out.pop("primary", True):  # a non-zero rank of a multi-process run: rank 0 writes the results
         return {**record, **out, "metrics": {}, "cost": {"examples_scored": 0}}
@@ -139,8 +150,7 @@ def describe_hydra_error(exc: BaseException) -> str:
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
-        if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment",
-                     "peft", "optim"):
+        if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment", "peft", "optim"):
             return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
     cause = exc.__cause__
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError

@@ -485,8 +485,11 @@ def validate_prompt_search(run: RunConfig) -> None:
         _one_of("demo selection", value, DEMO_SELECTIONS, " in search.space.demo_selection")
     for value in sp.demo_order:
         _one_of("demo order", value, DEMO_ORDERS, " in search.space.demo_order")
-    if not s.objectives or s.objectives[0] not in ("acc", "acc_norm") or len(s.objectives) > 2 or any(
-        o not in SECOND_OBJECTIVES for o in s.objectives[1:]
+    if (
+        not s.objectives
+        or s.objectives[0] not in ("acc", "acc_norm")
+        or len(s.objectives) > 2
+        or any(o not in SECOND_OBJECTIVES for o in s.objectives[1:])
     ):
         raise ConfigError(
             f"search.objectives {list(s.objectives)} must be acc or acc_norm, optionally followed by "
@@ -538,8 +541,9 @@ def categorical_space(space: SearchSpaceConfig) -> None:
         if isinstance(value, str):
             dist = distribution(f"search.space.{key}", value)
             if not hasattr(dist, "choices"):
-                raise ConfigError(f"search.space.{key}={value!r}: prompt dimensions are categorical; use choice(...)"
-                                  " or range(...)")
+                raise ConfigError(
+                    f"search.space.{key}={value!r}: prompt dimensions are categorical; use choice(...) or range(...)"
+                )
             value = list(dist.choices)
         if value is not None and not isinstance(value, (list, tuple)):
             raise ConfigError(f"search.space.{key} must be a list or a choice(...)/range(...), got {value!r}")

@@ -29,8 +29,13 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _log_csv(path: Path, result: dict[str, Any]) -> None:
-    row = {"task": result["task"], "model": result["model"], "method": result["method"], "seed": result["seed"],
-           **summary(result)}
+    row = {
+        "task": result["task"],
+        "model": result["model"],
+        "method": result["method"],
+        "seed": result["seed"],
+        **summary(result),
+    }
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()

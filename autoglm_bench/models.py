@@ -274,8 +274,10 @@ def _takes_past_key_values(model: Any) -> bool:
     PEFT feeds prefixes to it (PEFT checks the same name and fails at the first forward pass otherwise)."""
     import inspect
 
-    return any("past_key_values" in inspect.signature(m.forward).parameters
-               for m in (model, getattr(model, "base_model", model)))
+    return any(
+        "past_key_values" in inspect.signature(m.forward).parameters
+        for m in (model, getattr(model, "base_model", model))
+    )
 
 
 def lora_targets(model: Any, peft: PeftConfig) -> list[str]:

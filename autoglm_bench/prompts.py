@@ -89,8 +89,10 @@ def select_demos(task: Task, prompt: PromptConfig, seed: int) -> list[dict[str, 
         return []
     pool = task.rows["train"]
     if k > len(pool):
-        raise ConfigError(f"prompt.k_shot={k} exceeds the {len(pool)} train rows left for demos (the train split "
-                          "less its dev_size dev rows)")
+        raise ConfigError(
+            f"prompt.k_shot={k} exceeds the {len(pool)} train rows left for demos (the train split "
+            "less its dev_size dev rows)"
+        )
     if prompt.demo_selection == "nearest":
         raise ConfigError("prompt.demo_selection=nearest picks demos per query; use render_examples")
     rng = random.Random(seed)

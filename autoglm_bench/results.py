@@ -25,8 +25,20 @@ from typing import Any
 from .config import REPO_ROOT
 
 SCHEMA_VERSION = 1
-RESULT_FIELDS = ("schema", "task", "model", "method", "status", "seed", "config", "metrics", "predictions",
-                 "timings", "cost", "env")
+RESULT_FIELDS = (
+    "schema",
+    "task",
+    "model",
+    "method",
+    "status",
+    "seed",
+    "config",
+    "metrics",
+    "predictions",
+    "timings",
+    "cost",
+    "env",
+)
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.IGNORECASE)
 
 
@@ -57,10 +69,17 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def git_commit() -> str | None:
     """HEAD of the checkout the package runs from, with "-dirty" when tracked files changed."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty else "")

@@ -151,8 +151,10 @@ def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats:
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(n)
         mask = torch.cat([torch.ones((n, prefix.length), dtype=mask.dtype, device=device), mask], dim=1)
-        kwargs = {"position_ids": prefix.length + torch.arange(ids.shape[1], device=device).expand(n, -1),
-                  _cache_kwarg(type(lm.model)): cache}
+        kwargs = {
+            "position_ids": prefix.length + torch.arange(ids.shape[1], device=device).expand(n, -1),
+            _cache_kwarg(type(lm.model)): cache,
+        }
     last = ctx_lens - prefix.length - 1
     keep = torch.unique(last)  # logits only at the distinct last-context positions of this batch
     out = lm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep, **kwargs)

@@ -69,12 +69,14 @@ def split_task(task: Task, split_seed: int, dev_size: int, limit: int | None = N
         dev, held = [evals[i] for i in chosen], set(chosen)
         test, train = [r for i, r in enumerate(evals) if i not in held], []
         capped = f", dev_size {dev_size} capped at half the split" if n_dev < dev_size else ""
-        dev_source = (f"{len(dev)} rows of split {eval_name!r} drawn with split_seed {split_seed} (no train "
-                      f"split{capped})")
+        dev_source = (
+            f"{len(dev)} rows of split {eval_name!r} drawn with split_seed {split_seed} (no train split{capped})"
+        )
         test_source = f"split {eval_name!r} less the dev rows"
     if limit is not None:
         dev, test = dev[:limit], test[:limit]
     if not test:
         raise ConfigError(f"task {task.name!r}: no test rows left (split {eval_name!r})")
-    return Splits(train=train, dev=dev, test=test, split_seed=split_seed, dev_source=dev_source,
-                  test_source=test_source)
+    return Splits(
+        train=train, dev=dev, test=test, split_seed=split_seed, dev_source=dev_source, test_source=test_source
+    )

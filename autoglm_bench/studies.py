@@ -36,8 +36,14 @@ if TYPE_CHECKING:
 RETRIES = 1  # a trial whose process died is re-run once with its parameters
 
 
-def make_sampler(name: str, seed: int, *, n_startup_trials: int = 5, population_size: int = 10,
-                 grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str,
+    seed: int,
+    *,
+    n_startup_trials: int = 5,
+    population_size: int = 10,
+    grid: dict[str, list[Any]] | None = None,
+) -> optuna.samplers.BaseSampler:
     """The Optuna sampler called ``name``, seeded; ``grid`` (name -> choices) is what ``grid`` enumerates.
 
     >>> make_sampler("random", seed=0).__class__.__name__
@@ -60,8 +66,15 @@ def make_sampler(name: str, seed: int, *, n_startup_trials: int = 5, population_
     raise ConfigError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, *, min_resource: int = 1, max_resource: int | str = "auto", p_threshold: float = 0.1,
-                n_startup_trials: int = 2, reduction_factor: int = 2) -> optuna.pruners.BasePruner:
+def make_pruner(
+    name: str,
+    *,
+    min_resource: int = 1,
+    max_resource: int | str = "auto",
+    p_threshold: float = 0.1,
+    n_startup_trials: int = 2,
+    reduction_factor: int = 2,
+) -> optuna.pruners.BasePruner:
     """The Optuna pruner called ``name``. Resources are in the unit a trial reports its steps in (prompt
     search: dev examples; fine-tuning: validation epochs).
 
@@ -81,8 +94,9 @@ def make_pruner(name: str, *, min_resource: int = 1, max_resource: int | str = "
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
-                                              reduction_factor=reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_resource, max_resource=max_resource, reduction_factor=reduction_factor
+        )
     raise ConfigError(f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
 
 
@@ -130,8 +144,15 @@ def grid_of(space: dict[str, optuna.distributions.BaseDistribution]) -> dict[str
     return {k: list(d.choices) for k, d in space.items()}  # type: ignore[attr-defined]
 
 
-def open_study(storage_url: str, study_name: str, directions: Sequence[str], sampler: Any = None,
-               pruner: Any = None, heartbeat_s: int = 10, create: bool = True) -> optuna.Study:
+def open_study(
+    storage_url: str,
+    study_name: str,
+    directions: Sequence[str],
+    sampler: Any = None,
+    pruner: Any = None,
+    heartbeat_s: int = 10,
+    create: bool = True,
+) -> optuna.Study:
     """Open study ``study_name`` at an RDB URL (creating it unless ``create`` is false) with heartbeats.
 
     A SQLite file gets WAL and ``synchronous=NORMAL``. Any failure (bad URL, missing driver, unreachable
@@ -145,13 +166,23 @@ def open_study(storage_url: str, study_name: str, directions: Sequence[str], sam
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                storage = RDBStorage(storage_url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
+                storage = RDBStorage(
+                    storage_url,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=2 * heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
+                )
                 if storage_url.startswith("sqlite"):
                     tune_sqlite(storage.engine)
                 if create:
-                    study = optuna.create_study(storage=storage, study_name=study_name, directions=list(directions),
-                                                sampler=sampler, pruner=pruner, load_if_exists=True)
+                    study = optuna.create_study(
+                        storage=storage,
+                        study_name=study_name,
+                        directions=list(directions),
+                        sampler=sampler,
+                        pruner=pruner,
+                        load_if_exists=True,
+                    )
                 else:
                     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
                 break
@@ -160,12 +191,15 @@ def open_study(storage_url: str, study_name: str, directions: Sequence[str], sam
                     raise
                 time.sleep(0.2 + attempt)
             except Exception as exc:
-                raise ConfigError(f"storage {safe_url(storage_url)!r} cannot open study {study_name!r}: "
-                                  f"{one_line(exc)}") from exc
+                raise ConfigError(
+                    f"storage {safe_url(storage_url)!r} cannot open study {study_name!r}: {one_line(exc)}"
+                ) from exc
     found = [d.name.lower() for d in study.directions]
     if create and found != list(directions):
-        raise ConfigError(f"study {study_name!r} at {safe_url(storage_url)} optimises {found}, not "
-                          f"{list(directions)}; pass another study name")
+        raise ConfigError(
+            f"study {study_name!r} at {safe_url(storage_url)} optimises {found}, not "
+            f"{list(directions)}; pass another study name"
+        )
     return study
 
 
@@ -264,10 +298,16 @@ class Heartbeat:
             self._thread.join()
 
 
-def run_trials(study: optuna.Study, n_trials: int, run_batch: Callable[[list[optuna.Trial]], list[Outcome]], *,
-               space: dict[str, Any] | None = None, batch_size: int = 1,
-               on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-               wait_s: float | None = None) -> int:
+def run_trials(
+    study: optuna.Study,
+    n_trials: int,
+    run_batch: Callable[[list[optuna.Trial]], list[Outcome]],
+    *,
+    space: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    wait_s: float | None = None,
+) -> int:
     """Run trials until ``study`` has ``n_trials`` finished ones (see the module docstring); returns how
     many this call ran.
 

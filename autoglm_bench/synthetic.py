@@ -14,14 +14,54 @@ from typing import Any
 from .config import ConfigError
 from .tasks import TaskHook
 
-POSITIVE = ("wonderful", "great", "charming", "delightful", "brilliant", "moving", "superb", "funny", "excellent",
-            "beautiful", "gripping", "fresh")
-NEGATIVE = ("terrible", "boring", "awful", "dull", "clumsy", "tedious", "bland", "painful", "weak", "messy",
-            "forgettable", "lifeless")
-SUBJECTS = ("the film", "this movie", "the story", "the acting", "the script", "the ending", "the cast",
-            "the soundtrack", "the direction", "the whole thing")
-FRAMES = ("{s} was {w} .", "{s} is {w} , really .", "honestly , {s} felt {w} .", "i thought {s} was {w} .",
-          "{s} turned out {w} .", "overall {s} seemed {w} to me .")
+POSITIVE = (
+    "wonderful",
+    "great",
+    "charming",
+    "delightful",
+    "brilliant",
+    "moving",
+    "superb",
+    "funny",
+    "excellent",
+    "beautiful",
+    "gripping",
+    "fresh",
+)
+NEGATIVE = (
+    "terrible",
+    "boring",
+    "awful",
+    "dull",
+    "clumsy",
+    "tedious",
+    "bland",
+    "painful",
+    "weak",
+    "messy",
+    "forgettable",
+    "lifeless",
+)
+SUBJECTS = (
+    "the film",
+    "this movie",
+    "the story",
+    "the acting",
+    "the script",
+    "the ending",
+    "the cast",
+    "the soundtrack",
+    "the direction",
+    "the whole thing",
+)
+FRAMES = (
+    "{s} was {w} .",
+    "{s} is {w} , really .",
+    "honestly , {s} felt {w} .",
+    "i thought {s} was {w} .",
+    "{s} turned out {w} .",
+    "overall {s} seemed {w} to me .",
+)
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
 
 

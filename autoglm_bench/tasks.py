@@ -62,8 +62,7 @@ class TaskHook:
             path = self.local_path(split, data_dir)
             if not path.is_file():
                 raise ConfigError(
-                    f"data file not found: {path} (task {self.cfg.name!r}, split {split!r}; "
-                    f"data_dir={data_dir})"
+                    f"data file not found: {path} (task {self.cfg.name!r}, split {split!r}; data_dir={data_dir})"
                 )
 
     def local_path(self, split: str, data_dir: Path) -> Path:

@@ -16,7 +16,8 @@ def _write_sst2(root: Path, validation: str, train: str | None = None) -> Path:
     (root / "sst2" / "validation.jsonl").write_text(validation, encoding="utf-8")
     rows = [{"sentence": f"a fine film number {i}", "label": i % 2} for i in range(6)]
     (root / "sst2" / "train.jsonl").write_text(
-        train if train is not None else "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        train if train is not None else "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+    )
     return root
 
 
@@ -38,16 +39,32 @@ CASES = [
     ("unknown template", ["prompt.template=fancy"], None, ["fancy", "default"]),
     ("unknown experiment", ["+experiment=nope"], None, ["unknown experiment 'nope'", "quickstart"]),
     ("missing data file", ["task=rte"], {}, ["data file not found", "rte/validation.jsonl"]),
-    ("malformed JSONL line", ["task=sst2"], {"validation": GOOD_ROWS + '{"sentence": "oops", label: 1}\n'},
-     ["malformed JSON on line 3", "validation.jsonl"]),
+    (
+        "malformed JSONL line",
+        ["task=sst2"],
+        {"validation": GOOD_ROWS + '{"sentence": "oops", label: 1}\n'},
+        ["malformed JSON on line 3", "validation.jsonl"],
+    ),
     ("empty split", ["task=sst2"], {"validation": "\n"}, ["empty", "validation.jsonl"]),
-    ("template naming a missing field", ["task=sst2", 'task.templates.default="{{ sentense }}"'],
-     {"validation": GOOD_ROWS}, ["sentense", "sentence, label"]),
-    ("target outside the choices", ["task=sst2"], {"validation": '{"sentence": "x", "label": 7}\n'},
-     ["target index 7", "2 choices"]),
+    (
+        "template naming a missing field",
+        ["task=sst2", 'task.templates.default="{{ sentense }}"'],
+        {"validation": GOOD_ROWS},
+        ["sentense", "sentence, label"],
+    ),
+    (
+        "target outside the choices",
+        ["task=sst2"],
+        {"validation": '{"sentence": "x", "label": 7}\n'},
+        ["target index 7", "2 choices"],
+    ),
     ("k-shot without a train split", ["task=boolq", "prompt.k_shot=2"], None, ["k_shot=2", "train split"]),
-    ("more shots than train rows", ["task=sst2", "prompt.k_shot=50"], {"validation": GOOD_ROWS},
-     ["k_shot=50", "0 train rows"]),
+    (
+        "more shots than train rows",
+        ["task=sst2", "prompt.k_shot=50"],
+        {"validation": GOOD_ROWS},
+        ["k_shot=50", "0 train rows"],
+    ),
     ("unknown logger", ["logger.name=tensorboard"], None, ["tensorboard", "wandb"]),
 ]
 if not torch.cuda.is_available():

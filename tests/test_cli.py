@@ -38,8 +38,12 @@ def test_cfg_job_and_help_do_not_import_torch(tmp_path):
 
     from .conftest import REPO
 
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "autoglm_bench", "--cfg", "job",
-                           "task=sst2", "prompt.k_shot=3"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "autoglm_bench", "--cfg", "job", "task=sst2", "prompt.k_shot=3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "k_shot: 3" in proc.stdout and "name: sst2" in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
@@ -66,8 +70,15 @@ def test_sst2_full_validation_split(tmp_path, data_dir):
 
 def test_few_shot_chat_prompt_through_the_cli(tmp_path, data_dir):
     run_dir = tmp_path / "rte"
-    proc = run_cli("task=rte", "prompt=chat", "prompt.k_shot=2", f"data_dir={data_dir}", "limit=5",
-                   "prompt.instruction=Decide.", f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        "task=rte",
+        "prompt=chat",
+        "prompt.k_shot=2",
+        f"data_dir={data_dir}",
+        "limit=5",
+        "prompt.instruction=Decide.",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr
     result = read_results(run_dir)
     prompt = result["prompt_example"]
@@ -79,8 +90,13 @@ def test_few_shot_chat_prompt_through_the_cli(tmp_path, data_dir):
 def test_wandb_offline_logs_without_secrets(tmp_path):
     run_dir = tmp_path / "wb"
     secret = "hf_SuperSecretToken123"
-    proc = run_cli("+experiment=quickstart", "logger=wandb", "limit=10", f"hydra.run.dir={run_dir}",
-                   env={"HF_TOKEN": secret, "WANDB_API_KEY": "wandbsecret" * 4})
+    proc = run_cli(
+        "+experiment=quickstart",
+        "logger=wandb",
+        "limit=10",
+        f"hydra.run.dir={run_dir}",
+        env={"HF_TOKEN": secret, "WANDB_API_KEY": "wandbsecret" * 4},
+    )
     assert proc.returncode == 0, proc.stderr
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
@@ -98,8 +114,13 @@ def test_multirun_over_seeds(tmp_path):
 
 
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
-    proc = run_cli("-m", "task=sst2,toy_sentiment", f"data_dir={tmp_path / 'nodata'}", "limit=4",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = run_cli(
+        "-m",
+        "task=sst2,toy_sentiment",
+        f"data_dir={tmp_path / 'nodata'}",
+        "limit=4",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data file not found")
     assert not list((tmp_path / "sweep").glob("0_*/results.json"))  # the bad job wrote nothing

@@ -44,9 +44,20 @@ def one_thread():
 
 
 def finetune_overrides(peft: str, task: str = "toy_sentiment", steps: int = 12) -> list[str]:
-    return [f"task={task}", "model=tiny_glm", "method=finetune", f"peft={peft}", f"optim.lr={LR[peft]}",
-            "method.batch_size=8", "dev_size=16", "limit=96", f"trainer.max_steps={steps}",
-            "trainer.max_epochs=10", "trainer.val_every_n_steps=6", "logger=none"]
+    return [
+        f"task={task}",
+        "model=tiny_glm",
+        "method=finetune",
+        f"peft={peft}",
+        f"optim.lr={LR[peft]}",
+        "method.batch_size=8",
+        "dev_size=16",
+        "limit=96",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=10",
+        "trainer.val_every_n_steps=6",
+        "logger=none",
+    ]
 
 
 def mean(values: list[float]) -> float:
@@ -96,8 +107,9 @@ def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
 
 def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     """The full user path: fine-tune from chance to near-perfect accuracy, results.json has every field."""
-    proc = run_cli("+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40",
-                   f"hydra.run.dir={tmp_path}", env=ONE_THREAD)
+    proc = run_cli(
+        "+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40", f"hydra.run.dir={tmp_path}", env=ONE_THREAD
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = read_results(tmp_path)
     assert result["status"] == "completed" and result["method"] == "finetune"
@@ -140,9 +152,11 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(every, 
     from autoglm_bench.train.run import finetune
 
     mid = tmp_path / "mid"
-    keep = ("+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-            f"dirpath: '{mid}', {every}, save_top_k: -1, filename: 'step{{step}}', "
-            "auto_insert_metric_name: false}]")
+    keep = (
+        "+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+        f"dirpath: '{mid}', {every}, save_top_k: -1, filename: 'step{{step}}', "
+        "auto_insert_metric_name: false}]"
+    )
     common = [*finetune_overrides("lora", steps=-1), "trainer.max_epochs=2", "trainer.val_every_n_steps=null"]
     straight = finetune(compose([*common, keep]), tmp_path / "straight")
     first = min(mid.glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
@@ -170,8 +184,9 @@ def test_custom_loss_by_dotted_path(tmp_path):
 
     common = [*finetune_overrides("full", steps=1), "trainer.checkpoint=false", "method.save_model=false"]
     base = finetune(compose(common), tmp_path / "a", evaluate=False)
-    custom = finetune(compose([*common, "method.loss=tests.test_finetune:doubled_loss"]), tmp_path / "b",
-                      evaluate=False)
+    custom = finetune(
+        compose([*common, "method.loss=tests.test_finetune:doubled_loss"]), tmp_path / "b", evaluate=False
+    )
     first = base["training"]["loss_curve"][0]["loss"]
     assert custom["training"]["loss_curve"][0]["loss"] == pytest.approx(2 * first, rel=1e-6)
 
@@ -179,9 +194,17 @@ def test_custom_loss_by_dotted_path(tmp_path):
 def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
     from autoglm_bench.train.run import finetune
 
-    run = compose([*finetune_overrides("full", steps=30), "method.packing=true", "model.max_length=128",
-                   "trainer.activation_checkpointing=true", "trainer.early_stopping_patience=1",
-                   "trainer.val_every_n_steps=2", "trainer.max_epochs=30"])
+    run = compose(
+        [
+            *finetune_overrides("full", steps=30),
+            "method.packing=true",
+            "model.max_length=128",
+            "trainer.activation_checkpointing=true",
+            "trainer.early_stopping_patience=1",
+            "trainer.val_every_n_steps=2",
+            "trainer.max_epochs=30",
+        ]
+    )
     out = finetune(run, tmp_path)
     training = out["training"]
     losses = [p["loss"] for p in training["loss_curve"]]
@@ -197,9 +220,22 @@ def test_minilm_classification_head_trains_with_each_peft_method(peft, tmp_path)
     always trains), and eval metrics come from the head's class scores."""
     from autoglm_bench.train.run import finetune
 
-    run = compose(["task=toy_sentiment", "model=minilm", "method=finetune", f"peft={peft}", "limit=32",
-                   "method.batch_size=8", "dev_size=8", "trainer.max_steps=4", "logger=none",
-                   "method.save_model=false", "trainer.checkpoint=false", "optim.lr=1e-3"])
+    run = compose(
+        [
+            "task=toy_sentiment",
+            "model=minilm",
+            "method=finetune",
+            f"peft={peft}",
+            "limit=32",
+            "method.batch_size=8",
+            "dev_size=8",
+            "trainer.max_steps=4",
+            "logger=none",
+            "method.save_model=false",
+            "trainer.checkpoint=false",
+            "optim.lr=1e-3",
+        ]
+    )
     snap = Snapshot()
     out = finetune(run, tmp_path, callbacks=[snap])
     changed = {k for k in snap.before if not torch.equal(snap.before[k], snap.after[k])}

@@ -11,17 +11,35 @@ from autoglm_bench.models import build_tiny_glm
 
 from .conftest import read_results, run_cli
 
-COMMON = ["task=toy_sentiment", "model=tiny_glm", "method=finetune", "peft=full", "optim.lr=3e-3", "limit=64",
-          "dev_size=16", "trainer.max_steps=6", "trainer.max_epochs=5", "trainer.checkpoint=false",
-          "logger=none"]
+COMMON = [
+    "task=toy_sentiment",
+    "model=tiny_glm",
+    "method=finetune",
+    "peft=full",
+    "optim.lr=3e-3",
+    "limit=64",
+    "dev_size=16",
+    "trainer.max_steps=6",
+    "trainer.max_epochs=5",
+    "trainer.checkpoint=false",
+    "logger=none",
+]
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
-    one = run_cli(*COMMON, "trainer=cpu", "method.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}",
-                  env={"OMP_NUM_THREADS": "1"})
+    one = run_cli(
+        *COMMON, "trainer=cpu", "method.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}", env={"OMP_NUM_THREADS": "1"}
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli(*COMMON, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "method.batch_size=4",
-                  f"hydra.run.dir={tmp_path / 'two'}", env={"OMP_NUM_THREADS": "1"})
+    two = run_cli(
+        *COMMON,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "method.batch_size=4",
+        f"hydra.run.dir={tmp_path / 'two'}",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert two.returncode == 0, two.stderr[-3000:]
 
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")

@@ -11,8 +11,10 @@ BASE = ["task=toy_sentiment", "model=tiny_glm", "method=finetune", "limit=16", "
 CASES = {
     "unknown peft option": (["peft=adapterfusion"], ["peft", "adapterfusion", "lora"]),
     "unknown peft method": (["peft.method=ia3"], ["ia3", "full, lora, prefix, prompt_tuning"]),
-    "missing LoRA target": (["peft=lora", "peft.target_modules=[q_proj,query_key_value]"],
-                            ["query_key_value", "q_proj", "gate_up_proj"]),
+    "missing LoRA target": (
+        ["peft=lora", "peft.target_modules=[q_proj,query_key_value]"],
+        ["query_key_value", "q_proj", "gate_up_proj"],
+    ),
     "prefix on an encoder": (["model=minilm", "peft=prefix"], ["peft=prefix", "bert", "prompt_tuning"]),
     "batch size 0": (["method.batch_size=0"], ["batch_size", "0"]),
     "unknown precision": (["trainer.precision=bf17"], ["bf17", "bf16-mixed"]),
@@ -41,8 +43,9 @@ def test_bf16_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
-@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_bf16_supported() or torch.cuda.is_available(),
-                    reason="this CPU supports bfloat16")
+@pytest.mark.skipif(
+    torch.ops.mkldnn._is_mkldnn_bf16_supported() or torch.cuda.is_available(), reason="this CPU supports bfloat16"
+)
 def test_bf16_on_a_cpu_without_bf16_is_one_line(tmp_path):
     proc = run_cli(*BASE, "trainer.precision=bf16-mixed", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "bfloat16" in proc.stderr

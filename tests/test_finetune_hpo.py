@@ -9,8 +9,13 @@ from .conftest import read_results, run_cli
 
 
 def test_eight_trial_search_with_pruning(tmp_path):
-    proc = run_cli("+experiment=toy_tiny_glm_finetune_hpo", f"hydra.run.dir={tmp_path}", "logger=none", timeout=900,
-                   env={"OMP_NUM_THREADS": "1"})
+    proc = run_cli(
+        "+experiment=toy_tiny_glm_finetune_hpo",
+        f"hydra.run.dir={tmp_path}",
+        "logger=none",
+        timeout=900,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = read_results(tmp_path)
     hpo = result["hpo"]

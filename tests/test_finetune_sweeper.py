@@ -11,10 +11,22 @@ from .conftest import run_cli
 
 
 def test_optuna_sweeper_runs_trials_as_jobs_and_prunes(tmp_path):
-    proc = run_cli("-m", "hydra/sweeper=optuna", "+experiment=toy_tiny_glm_finetune", "limit=160",
-                   "dev_size=40", "trainer.max_epochs=4", "logger=none", "trainer.checkpoint=false",
-                   "method.save_model=false", "optim.lr=tag(log,interval(1e-4,3e-2))", "hydra.sweeper.n_trials=8",
-                   f"hydra.sweep.dir={tmp_path}", env={"OMP_NUM_THREADS": "1"}, timeout=900)
+    proc = run_cli(
+        "-m",
+        "hydra/sweeper=optuna",
+        "+experiment=toy_tiny_glm_finetune",
+        "limit=160",
+        "dev_size=40",
+        "trainer.max_epochs=4",
+        "logger=none",
+        "trainer.checkpoint=false",
+        "method.save_model=false",
+        "optim.lr=tag(log,interval(1e-4,3e-2))",
+        "hydra.sweeper.n_trials=8",
+        f"hydra.sweep.dir={tmp_path}",
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)

@@ -12,9 +12,9 @@ def test_acc_and_acc_norm_match_lm_eval_definitions():
     # lm-eval: acc = argmax(lls) == gold; acc_norm = argmax(lls / len(choice in characters)) == gold.
     predictions = [
         # lls favour the short choice; per character the long one wins: acc right, acc_norm wrong
-        {"target": 0, "scores": [-2.0, -3.0], "choices": ["no", "absolutely"]},   # norm: -1.0 vs -0.3
+        {"target": 0, "scores": [-2.0, -3.0], "choices": ["no", "absolutely"]},  # norm: -1.0 vs -0.3
         # acc wrong, acc_norm right
-        {"target": 1, "scores": [-1.0, -4.0], "choices": ["a", "positive"]},      # norm: -1.0 vs -0.5
+        {"target": 1, "scores": [-1.0, -4.0], "choices": ["a", "positive"]},  # norm: -1.0 vs -0.5
         # both right
         {"target": 2, "scores": [-9.0, -8.0, -1.0], "choices": ["x", "y", "z"]},
         # a tie goes to the first choice (numpy argmax), so this one is wrong for both
@@ -35,16 +35,25 @@ def test_macro_f1_by_hand():
     import numpy as np
 
     assert macro_f1(np.array(gold), np.array(pred)) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
-    predictions = [{"target": g, "scores": [0.0 if i == p else -1.0 for i in range(3)], "choices": ["a", "b", "c"]}
-                   for g, p in zip(gold, pred)]
+    predictions = [
+        {"target": g, "scores": [0.0 if i == p else -1.0 for i in range(3)], "choices": ["a", "b", "c"]}
+        for g, p in zip(gold, pred)
+    ]
     assert compute_metrics(["f1"], predictions)["f1"] == pytest.approx(0.4333333, abs=1e-6)
 
 
 def test_exact_match_with_answer_extraction():
-    cfg = TaskConfig(name="gsm", target="{{ a }}", answer_pattern=r"(-?[$0-9.,]*[0-9])",
-                     answer_ignore=[",", r"\$", r"\.$"], type="generation")
+    cfg = TaskConfig(
+        name="gsm",
+        target="{{ a }}",
+        answer_pattern=r"(-?[$0-9.,]*[0-9])",
+        answer_ignore=[",", r"\$", r"\.$"],
+        type="generation",
+    )
     assert extract_answer(cfg, "She pays $1,200. Then 3 more, so 1,203.") == "1203"
     assert extract_answer(cfg, "no number here") == ""
-    predictions = [{"target": "1203", "prediction": extract_answer(cfg, "so 1,203")},
-                   {"target": "7", "prediction": extract_answer(cfg, "it is 8")}]
+    predictions = [
+        {"target": "1203", "prediction": extract_answer(cfg, "so 1,203")},
+        {"target": "7", "prediction": extract_answer(cfg, "it is 8")},
+    ]
     assert compute_metrics(["exact_match"], predictions) == {"exact_match": 0.5}

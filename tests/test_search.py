@@ -25,9 +25,16 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def run_cli(*args: str):
     return _run_cli(*args, env=ONE_THREAD)
 
+
 # A small space on the shipped toy task: 2 instructions+none x 2 templates x 2 shots x 2 selections.
-SMALL = ["method=prompt_search", "search=tpe", "dev_size=100", "search.space.k_shot=[0,1]",
-         "search.space.demo_selection=[random,balanced]", "search.space.demo_order=[selected]"]
+SMALL = [
+    "method=prompt_search",
+    "search=tpe",
+    "dev_size=100",
+    "search.space.k_shot=[0,1]",
+    "search.space.demo_selection=[random,balanced]",
+    "search.space.demo_order=[selected]",
+]
 
 
 def running_trials(db: Path) -> int:
@@ -39,7 +46,8 @@ def running_trials(db: Path) -> int:
         try:
             return conn.execute(  # running and past choosing its prompt (user attribute "instruction" set)
                 "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING' AND a.key = 'instruction'").fetchone()[0]
+                "WHERE t.state = 'RUNNING' AND a.key = 'instruction'"
+            ).fetchone()[0]
         except sqlite3.OperationalError:  # the table is not created yet
             return 0
 
@@ -60,10 +68,12 @@ def test_minibatches_double_up_to_all_of_dev():
 def test_cache_keys_cover_model_prompt_choices_and_example(tmp_path):
     cache = EvalCache(tmp_path / "c.sqlite")
     key = EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-1")
-    others = [EvalCache.key("fp2", "Review: x\nSentiment:", [" negative", " positive"], "validation-1"),
-              EvalCache.key("fp", "Review: y\nSentiment:", [" negative", " positive"], "validation-1"),
-              EvalCache.key("fp", "Review: x\nSentiment:", [" bad", " good"], "validation-1"),
-              EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-2")]
+    others = [
+        EvalCache.key("fp2", "Review: x\nSentiment:", [" negative", " positive"], "validation-1"),
+        EvalCache.key("fp", "Review: y\nSentiment:", [" negative", " positive"], "validation-1"),
+        EvalCache.key("fp", "Review: x\nSentiment:", [" bad", " good"], "validation-1"),
+        EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-2"),
+    ]
     assert len({key, *others}) == 5
     cache.put([(key, "fp", "validation-1", [-1.5, -0.25])])
     cache.close()
@@ -124,8 +134,12 @@ def test_bad_config_or_storage_on_rerun_loses_no_finished_trial(tmp_path):
     args = [*SMALL, "search.n_trials=2", "search.space.k_shot=[0]", f"hydra.run.dir={run_dir}"]
     assert run_cli(*args).returncode == 0
     before = [(t.number, t.values) for t in finished_trials(run_dir)]
-    for bad in ("search.pruner=annealing", "search.space.templates=[]", "search.n_trials=0",
-                f"search.storage=sqlite:///{tmp_path}/missing/dir/study.db"):
+    for bad in (
+        "search.pruner=annealing",
+        "search.space.templates=[]",
+        "search.n_trials=0",
+        f"search.storage=sqlite:///{tmp_path}/missing/dir/study.db",
+    ):
         proc = run_cli(*args, bad)
         assert proc.returncode == 2, (bad, proc.stderr)
         lines = proc.stderr.strip().splitlines()
@@ -136,12 +150,24 @@ def test_bad_config_or_storage_on_rerun_loses_no_finished_trial(tmp_path):
 
 def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*SMALL, "search.n_trials=6", "search.heartbeat_s=1", "search.pruner=none",
-            f"search.cache_path={tmp_path / 'cache.sqlite'}", f"hydra.run.dir={run_dir}"]
+    args = [
+        *SMALL,
+        "search.n_trials=6",
+        "search.heartbeat_s=1",
+        "search.pruner=none",
+        f"search.cache_path={tmp_path / 'cache.sqlite'}",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoglm_bench", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     done = 0
     for line in proc.stdout:  # wait for two finished trials ...
         done += line.startswith("trial ")
@@ -194,12 +220,22 @@ def trained_model() -> Path:
 
 def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path, trained_model):
     run_dir = tmp_path / "run"
-    proc = run_cli("method=prompt_search", "search=tpe", "dev_size=100", "model=hf", f"model.path={trained_model}",
-                   "search.n_trials=2", "search.pruner=wilcoxon", "search.space.instructions=[none]",
-                   "search.space.templates=[default]", "search.space.k_shot=[0]",
-                   "+search.space.verbalizers.task=[negative,positive]",
-                   "+search.space.verbalizers.swapped=[positive,negative]",
-                   "search.enqueue=[{verbalizer:task},{verbalizer:swapped}]", f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        "method=prompt_search",
+        "search=tpe",
+        "dev_size=100",
+        "model=hf",
+        f"model.path={trained_model}",
+        "search.n_trials=2",
+        "search.pruner=wilcoxon",
+        "search.space.instructions=[none]",
+        "search.space.templates=[default]",
+        "search.space.k_shot=[0]",
+        "+search.space.verbalizers.task=[negative,positive]",
+        "+search.space.verbalizers.swapped=[positive,negative]",
+        "search.enqueue=[{verbalizer:task},{verbalizer:swapped}]",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr
     good, bad = finished_trials(run_dir)
     assert good.params["verbalizer"] == "task" and good.state.name == "COMPLETE" and good.value > 0.7
@@ -210,14 +246,23 @@ def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path
 
 
 def test_nsga2_two_objectives_and_grid_is_exhaustive(tmp_path):
-    nsga = run_cli(*SMALL, "search=nsga2", "search.n_trials=3", "search.space.k_shot=[0,1]",
-                   f"hydra.run.dir={tmp_path / 'nsga'}")
+    nsga = run_cli(
+        *SMALL, "search=nsga2", "search.n_trials=3", "search.space.k_shot=[0,1]", f"hydra.run.dir={tmp_path / 'nsga'}"
+    )
     assert nsga.returncode == 0, nsga.stderr
     assert (tmp_path / "nsga" / "pareto_front.png").stat().st_size > 0
-    assert all(len(t.values) == 2 and t.values[1] == t.user_attrs["prompt_tokens"] > 0
-               for t in finished_trials(tmp_path / "nsga"))
-    grid = run_cli(*SMALL, "search=grid", "search.space.instructions=[none]", "search.space.k_shot=[0]",
-                   "search.space.demo_selection=[random]", f"hydra.run.dir={tmp_path / 'grid'}")
+    assert all(
+        len(t.values) == 2 and t.values[1] == t.user_attrs["prompt_tokens"] > 0
+        for t in finished_trials(tmp_path / "nsga")
+    )
+    grid = run_cli(
+        *SMALL,
+        "search=grid",
+        "search.space.instructions=[none]",
+        "search.space.k_shot=[0]",
+        "search.space.demo_selection=[random]",
+        f"hydra.run.dir={tmp_path / 'grid'}",
+    )
     assert grid.returncode == 0, grid.stderr
     assert sorted(t.params["template"] for t in finished_trials(tmp_path / "grid")) == ["default", "question"]
 
@@ -226,10 +271,16 @@ def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
     from autoglm_bench.search.proposal import propose_instruction
 
     run_dir = tmp_path / "run"
-    proc = run_cli(*SMALL, "search=random", "search.n_trials=3", "search.space.k_shot=[0]",
-                   "search.space.instructions=[Rate the review.,proposed]", "search.proposal.max_new_tokens=12",
-                   "search.enqueue=[{instruction:Rate the review.},{instruction:proposed},{instruction:proposed}]",
-                   f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        *SMALL,
+        "search=random",
+        "search.n_trials=3",
+        "search.space.k_shot=[0]",
+        "search.space.instructions=[Rate the review.,proposed]",
+        "search.proposal.max_new_tokens=12",
+        "search.enqueue=[{instruction:Rate the review.},{instruction:proposed},{instruction:proposed}]",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr
     first, *proposed = finished_trials(run_dir)
     shown = f"Instruction: Rate the review.\nAccuracy: {100 * first.value:.1f}%"
@@ -257,8 +308,14 @@ def test_nearest_demos_pick_the_most_similar_rows():
 @pytest.mark.parametrize(("sampler", "pruner"), [("gp", "successive_halving"), ("random", "hyperband")])
 def test_halving_pruners_see_running_accuracy_at_minibatch_ends(tmp_path, sampler, pruner):
     run_dir = tmp_path / "run"
-    proc = run_cli(*SMALL, f"search={sampler}", f"search.pruner={pruner}", "search.n_trials=3",
-                   "search.space.demo_selection=[random]", f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        *SMALL,
+        f"search={sampler}",
+        f"search.pruner={pruner}",
+        "search.n_trials=3",
+        "search.space.demo_selection=[random]",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr
     trials = finished_trials(run_dir)
     assert len(trials) == 3 and read_results(run_dir)["search"]["sampler"] == sampler
@@ -269,8 +326,13 @@ def test_halving_pruners_see_running_accuracy_at_minibatch_ends(tmp_path, sample
 
 
 def test_space_dimensions_take_the_sweep_syntax_of_every_search_space():
-    space = compose(["method=prompt_search", 'search.space.k_shot="range(0,3)"',
-                     'search.space.templates="choice(default,question)"']).search.space
+    space = compose(
+        [
+            "method=prompt_search",
+            'search.space.k_shot="range(0,3)"',
+            'search.space.templates="choice(default,question)"',
+        ]
+    ).search.space
     assert space.k_shot == [0, 1, 2] and space.templates == ["default", "question"]
     with pytest.raises(ConfigError, match="prompt dimensions are categorical"):
         compose(["method=prompt_search", 'search.space.k_shot="interval(0,3)"'])

@@ -24,8 +24,17 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # Fast jobs: evaluate tiny_glm on 40 dev and 40 test rows; the objective is the dev accuracy.
 EVAL_JOB = ["-m", "hydra/sweeper=optuna", "+experiment=quickstart", "limit=40", "dev_size=40", "logger=none"]
 # Fine-tuning jobs that report a dev accuracy after each of 3 epochs.
-TRAIN_JOB = ["-m", "hydra/sweeper=optuna", "+experiment=toy_tiny_glm_finetune", "limit=64", "dev_size=32",
-             "trainer.max_epochs=3", "logger=none", "trainer.checkpoint=false", "method.save_model=false"]
+TRAIN_JOB = [
+    "-m",
+    "hydra/sweeper=optuna",
+    "+experiment=toy_tiny_glm_finetune",
+    "limit=64",
+    "dev_size=32",
+    "trainer.max_epochs=3",
+    "logger=none",
+    "trainer.checkpoint=false",
+    "method.save_model=false",
+]
 
 
 def study_of(sweep_dir: Path) -> optuna.Study:
@@ -49,8 +58,14 @@ def test_objective_direction_follows_the_objective():
 
 
 def test_jobs_use_the_sweeps_pruner_and_direction_and_a_rerun_adds_no_trial(tmp_path):
-    args = [*TRAIN_JOB, "optim.lr=tag(log,interval(1e-4,3e-2))", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.pruner=hyperband", "hydra.sweeper.direction=minimize", f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        *TRAIN_JOB,
+        "optim.lr=tag(log,interval(1e-4,3e-2))",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner=hyperband",
+        "hydra.sweeper.direction=minimize",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     proc = run_cli(*args, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = study_of(tmp_path)
@@ -59,8 +74,12 @@ def test_jobs_use_the_sweeps_pruner_and_direction_and_a_rerun_adds_no_trial(tmp_
     assert sorted(results) == [0, 1, 2]
     for number, result in results.items():
         used = result["hpo_trial"]  # what the job itself rejoined its trial with
-        assert used == {"study": study.study_name, "number": number, "pruner": "HyperbandPruner",
-                        "direction": "minimize"}
+        assert used == {
+            "study": study.study_name,
+            "number": number,
+            "pruner": "HyperbandPruner",
+            "direction": "minimize",
+        }
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")}
 
     proc = run_cli(*args, env=ONE_THREAD)  # the same command again: the study is complete
@@ -85,13 +104,25 @@ def running_trial(db: Path) -> int | None:
 
 
 def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(tmp_path):
-    args = [*EVAL_JOB, "prompt.template=choice(default,question)", "model.seed=range(0,1000)",
-            "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_s=1",
-            f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        *EVAL_JOB,
+        "prompt.template=choice(default,question)",
+        "model.seed=range(0,1000)",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.heartbeat_s=1",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     env = {**os.environ, **ONE_THREAD}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoglm_bench", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline, killed = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         number = running_trial(tmp_path / "optuna.db")
@@ -124,9 +155,15 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
 
 
 def test_a_raising_job_and_a_nan_job_are_failed_and_the_sweep_completes(tmp_path):
-    proc = run_cli(*EVAL_JOB, "task.hook=tests.sweep_hooks:FlakyToy",
-                   "+task.options.mode=choice(ok,not_a_number,crash)", "hydra.sweeper.sampler=grid",
-                   "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}", env=ONE_THREAD)
+    proc = run_cli(
+        *EVAL_JOB,
+        "task.hook=tests.sweep_hooks:FlakyToy",
+        "+task.options.mode=choice(ok,not_a_number,crash)",
+        "hydra.sweeper.sampler=grid",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={tmp_path}",
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     by_mode = {t.params["+task.options.mode"]: t for t in study_of(tmp_path).trials}
     states = {m: t.state.name for m, t in by_mode.items()}
@@ -138,8 +175,14 @@ def test_a_raising_job_and_a_nan_job_are_failed_and_the_sweep_completes(tmp_path
 
 
 def test_an_evaluate_sweep_selects_on_dev_rows_only(tmp_path):
-    proc = run_cli(*EVAL_JOB, "prompt.template=choice(default,question)", "hydra.sweeper.sampler=grid",
-                   "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", env=ONE_THREAD)
+    proc = run_cli(
+        *EVAL_JOB,
+        "prompt.template=choice(default,question)",
+        "hydra.sweeper.sampler=grid",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={tmp_path}",
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = study_of(tmp_path)
     for number, result in results_of(tmp_path).items():
@@ -153,8 +196,15 @@ def test_an_evaluate_sweep_selects_on_dev_rows_only(tmp_path):
 
 
 def test_parallel_launcher_runs_two_jobs_with_one_share_of_the_cores_each(tmp_path):
-    proc = run_cli(*EVAL_JOB, "hydra/launcher=parallel", "hydra.sweeper.n_jobs=2", "model.seed=range(0,1000)",
-                   "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli(
+        *EVAL_JOB,
+        "hydra/launcher=parallel",
+        "hydra.sweeper.n_jobs=2",
+        "model.seed=range(0,1000)",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.n_trials=4",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [t.state.name for t in study_of(tmp_path).trials] == ["COMPLETE"] * 4
     results = results_of(tmp_path)
@@ -164,13 +214,26 @@ def test_parallel_launcher_runs_two_jobs_with_one_share_of_the_cores_each(tmp_pa
 
 
 def test_two_sweepers_share_one_study_on_postgresql(tmp_path, postgres_url):  # noqa: F811
-    args = [*EVAL_JOB, "model.seed=range(0,1000)", "hydra.sweeper.sampler=random", "hydra.sweeper.n_trials=6",
-            f"hydra.sweeper.storage={postgres_url}"]
+    args = [
+        *EVAL_JOB,
+        "model.seed=range(0,1000)",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.n_trials=6",
+        f"hydra.sweeper.storage={postgres_url}",
+    ]
     env = {**os.environ, **ONE_THREAD}
     env.pop("HYDRA_FULL_ERROR", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "autoglm_bench", *args, f"hydra.sweep.dir={tmp_path / w}"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for w in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "autoglm_bench", *args, f"hydra.sweep.dir={tmp_path / w}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in ("a", "b")
+    ]
     for p in procs:
         assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
     (name,) = optuna.get_all_study_names(postgres_url)

@@ -8,11 +8,21 @@ from .conftest import run_cli
 
 
 def test_train_benchmark_prints_the_table_and_both_trainers_agree(tmp_path):
-    proc = run_cli("train", "--steps", "2", "--warmup", "1", module="autoglm_bench.bench", cwd=tmp_path,
-                   env={"OMP_NUM_THREADS": "1"})
+    proc = run_cli(
+        "train",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        module="autoglm_bench.bench",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {m.group(1): m.groups() for m in re.finditer(
-        r"^(ours|hf_trainer)\s+(\d+)\s+(\S+)\s+(\d+)\s+([\d.]+)$", proc.stdout, re.MULTILINE)}
+    rows = {
+        m.group(1): m.groups()
+        for m in re.finditer(r"^(ours|hf_trainer)\s+(\d+)\s+(\S+)\s+(\d+)\s+([\d.]+)$", proc.stdout, re.MULTILINE)
+    }
     assert set(rows) == {"ours", "hf_trainer"}, proc.stdout
     for name, tokens_per_s, mfu, peak_mb, _ in rows.values():
         assert int(tokens_per_s) > 0 and int(peak_mb) > 0 and mfu == "n/a", name

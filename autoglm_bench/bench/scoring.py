@@ -15,8 +15,11 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--model", default="tiny_glm", help="a model config name (conf/model)")
-    parser.add_argument("--data-dir", default=os.environ.get("AUTOGLM_DATA_DIR"),
-                        help="folder with <task>/<split>.jsonl (default: $AUTOGLM_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("AUTOGLM_DATA_DIR"),
+        help="folder with <task>/<split>.jsonl (default: $AUTOGLM_DATA_DIR)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--k-shot", type=int, default=0)
@@ -47,8 +50,10 @@ def run(args: argparse.Namespace) -> None:
 
     diff = max(abs(x - y) for rb, rn in zip(batched, naive) for x, y in zip(rb, rn))
     same = sum(_argmax(rb) == _argmax(rn) for rb, rn in zip(batched, naive))
-    print(f"scoring benchmark: task={task.name} model={lm.name} device={lm.device} examples={len(requests)} "
-          f"choices={sum(len(c) for _, c in requests)} batch_size={args.batch_size}")
+    print(
+        f"scoring benchmark: task={task.name} model={lm.name} device={lm.device} examples={len(requests)} "
+        f"choices={sum(len(c) for _, c in requests)} batch_size={args.batch_size}"
+    )
     print(f"{'scorer':<10}{'seconds':>10}{'examples/s':>14}{'tokens/s':>14}{'tokens':>12}")
     for name, st in (("batched", b_stats), ("naive", n_stats)):
         print(f"{name:<10}{st.seconds:>10.2f}{st.examples / st.seconds:>14.1f}{st.tokens_per_s:>14.0f}{st.tokens:>12}")

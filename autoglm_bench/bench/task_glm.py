@@ -59,10 +59,23 @@ TASK_GLM_TINY = {
 # ---------------------------------------------------------------- the shared training loop
 
 
-def _train_loop(model: Any, tokenizer: Any, sources: list[tuple[Any, list[dict[str, Any]]]], steps: int, seed: int,
-                lr: float, batch_size: int, max_demos: int, max_tokens: int | None = None, warmup_steps: int = 0,
-                schedule: str = "constant", weights: list[float] | None = None, answer_logits_only: bool = False,
-                micro_batch: int = 8, log_every: int = 0) -> list[float]:
+def _train_loop(
+    model: Any,
+    tokenizer: Any,
+    sources: list[tuple[Any, list[dict[str, Any]]]],
+    steps: int,
+    seed: int,
+    lr: float,
+    batch_size: int,
+    max_demos: int,
+    max_tokens: int | None = None,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    weights: list[float] | None = None,
+    answer_logits_only: bool = False,
+    micro_batch: int = 8,
+    log_every: int = 0,
+) -> list[float]:
     """Train ``model`` in place on sequences of ``sources`` rows; returns the loss of every step.
 
     ``sources`` is a list of (task config, rows). Per batch a source is drawn (with ``weights``, default
@@ -87,11 +100,13 @@ def _train_loop(model: Any, tokenizer: Any, sources: list[tuple[Any, list[dict[s
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = None
     if schedule == "cosine":
+
         def factor(step: int) -> float:
             if step < warmup_steps:
                 return (step + 1) / warmup_steps
             progress = (step - warmup_steps) / max(1, steps - warmup_steps)
             return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     elif schedule != "constant":
         raise ValueError(f"unknown schedule {schedule!r}; allowed: constant, cosine")
@@ -105,8 +120,10 @@ def _train_loop(model: Any, tokenizer: Any, sources: list[tuple[Any, list[dict[s
         key = (which, row["_id"])
         if key not in memo:
             cfg = sources[which][0]
-            memo[key] = (encode(render(cfg.templates["default"], row)),
-                         encode(cfg.target_delimiter + demo_answer(cfg, row)))
+            memo[key] = (
+                encode(render(cfg.templates["default"], row)),
+                encode(cfg.target_delimiter + demo_answer(cfg, row)),
+            )
         return memo[key]
 
     seps = [encode(cfg.fewshot_delimiter) for cfg, _ in sources]
@@ -148,14 +165,17 @@ def _train_loop(model: Any, tokenizer: Any, sources: list[tuple[Any, list[dict[s
             losses.append(loss.item())
             if log_every and (step + 1) % log_every == 0:
                 recent = losses[-log_every:]
-                print(f"step {step + 1}/{steps}: loss {sum(recent) / len(recent):.4f} "
-                      f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"step {step + 1}/{steps}: loss {sum(recent) / len(recent):.4f} "
+                    f"({time.perf_counter() - start:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     model.eval()
     return losses
 
 
-def _answer_loss_backward(model: Any, ids: list[list[int]], labels: list[list[int]], pad: int,
-                          micro_batch: int) -> Any:
+def _answer_loss_backward(model: Any, ids: list[list[int]], labels: list[list[int]], pad: int, micro_batch: int) -> Any:
     """Backpropagate the mean cross-entropy over all answer tokens of a batch, computed in length-sorted
     micro-batches with logits only at answer positions; returns the loss (detached)."""
     import torch
@@ -236,11 +256,24 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
 # ---------------------------------------------------------------- the multi-task trainer
 
 
-def train_task_glm(tasks: list[str] | tuple[str, ...] = ("sst2", "rte", "cb"), data_dir: str | Path | None = None,
-                   steps: int = 500, seed: int = 0, lr: float = 2e-3, batch_size: int = 32, max_demos: int = 3,
-                   max_tokens: int = 512, warmup_steps: int = 30, schedule: str = "cosine",
-                   task_weights: list[float] | None = None, tiny: dict[str, int] | None = None, split_seed: int = 0,
-                   dev_size: int = 200, threads: int = 1, log_every: int = 0) -> Path:
+def train_task_glm(
+    tasks: list[str] | tuple[str, ...] = ("sst2", "rte", "cb"),
+    data_dir: str | Path | None = None,
+    steps: int = 500,
+    seed: int = 0,
+    lr: float = 2e-3,
+    batch_size: int = 32,
+    max_demos: int = 3,
+    max_tokens: int = 512,
+    warmup_steps: int = 30,
+    schedule: str = "cosine",
+    task_weights: list[float] | None = None,
+    tiny: dict[str, int] | None = None,
+    split_seed: int = 0,
+    dev_size: int = 200,
+    threads: int = 1,
+    log_every: int = 0,
+) -> Path:
     """The tiny_glm architecture (``tiny`` settings, default :data:`TASK_GLM_TINY`) trained on the train
     part of ``tasks`` in each task's ``default`` template and label words; cached; returns its folder.
 
@@ -265,20 +298,25 @@ def train_task_glm(tasks: list[str] | tuple[str, ...] = ("sst2", "rte", "cb"), d
     if not tasks:
         raise ConfigError("task-glm needs at least one task")
     if steps < 1 or batch_size < 1 or max_demos < 0 or lr <= 0 or threads < 1:
-        raise ConfigError(f"task-glm needs steps >= 1, batch_size >= 1, max_demos >= 0, lr > 0, threads >= 1; got "
-                          f"{steps}, {batch_size}, {max_demos}, {lr}, {threads}")
+        raise ConfigError(
+            f"task-glm needs steps >= 1, batch_size >= 1, max_demos >= 0, lr > 0, threads >= 1; got "
+            f"{steps}, {batch_size}, {max_demos}, {lr}, {threads}"
+        )
     weights = [float(w) for w in task_weights] if task_weights is not None else [1.0] * len(tasks)
     if len(weights) != len(tasks) or min(weights) < 0 or sum(weights) <= 0:
-        raise ConfigError(f"task-glm needs one non-negative weight per task ({len(tasks)}), not all zero; "
-                          f"got {weights}")
+        raise ConfigError(
+            f"task-glm needs one non-negative weight per task ({len(tasks)}), not all zero; got {weights}"
+        )
     arch = TinyGlmConfig(**{**TASK_GLM_TINY, **(tiny or {})})
     folder = resolve_data_dir(None if data_dir is None else str(data_dir))
     sources, data = [], []
     for name in tasks:
         run_cfg = compose([f"task={name}", f"split_seed={split_seed}", f"dev_size={dev_size}"])
         if "train" not in run_cfg.task.splits or run_cfg.task.type != "multiple_choice":
-            raise ConfigError(f"task {name!r} has no train split (or is not multiple choice), so it cannot be "
-                              f"trained on; its dev rows come from its eval split, which must stay unseen")
+            raise ConfigError(
+                f"task {name!r} has no train split (or is not multiple choice), so it cannot be "
+                f"trained on; its dev rows come from its eval split, which must stay unseen"
+            )
         task = load_task(run_cfg.task, folder)
         # only the train part of the split protocol: the dev rows every selection reads and the test rows
         # (the eval split) stay unseen
@@ -288,13 +326,34 @@ def train_task_glm(tasks: list[str] | tuple[str, ...] = ("sst2", "rte", "cb"), d
         sources.append((task.cfg, rows))
         digest = hashlib.sha256(json.dumps([r["_id"] for r in rows]).encode())
         digest.update(json.dumps(rows, sort_keys=True, default=str).encode())
-        data.append({"task": name, "train_rows": len(rows), "rows_sha256": digest.hexdigest()[:16],
-                     "template": task.cfg.templates["default"], "choices": list(task.cfg.choices or [])})
+        data.append(
+            {
+                "task": name,
+                "train_rows": len(rows),
+                "rows_sha256": digest.hexdigest()[:16],
+                "template": task.cfg.templates["default"],
+                "choices": list(task.cfg.choices or []),
+            }
+        )
     source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed, tiny=arch))
-    recipe = {"recipe": TASK_GLM_RECIPE, "base": source.name, "tiny": asdict(arch), "data": data, "steps": steps,
-              "seed": seed, "lr": lr, "batch_size": batch_size, "max_demos": max_demos, "max_tokens": max_tokens,
-              "warmup_steps": warmup_steps, "schedule": schedule, "task_weights": weights, "split_seed": split_seed,
-              "dev_size": dev_size, "threads": threads}
+    recipe = {
+        "recipe": TASK_GLM_RECIPE,
+        "base": source.name,
+        "tiny": asdict(arch),
+        "data": data,
+        "steps": steps,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "max_demos": max_demos,
+        "max_tokens": max_tokens,
+        "warmup_steps": warmup_steps,
+        "schedule": schedule,
+        "task_weights": weights,
+        "split_seed": split_seed,
+        "dev_size": dev_size,
+        "threads": threads,
+    }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir() / "tiny_glm_task_trained" / key
     if (target / "model.safetensors").is_file():
@@ -308,16 +367,36 @@ def train_task_glm(tasks: list[str] | tuple[str, ...] = ("sst2", "rte", "cb"), d
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        losses = _train_loop(model, tokenizer, sources, steps, seed, lr, batch_size, max_demos, max_tokens,
-                             warmup_steps, schedule, weights, answer_logits_only=True, log_every=log_every)
+        losses = _train_loop(
+            model,
+            tokenizer,
+            sources,
+            steps,
+            seed,
+            lr,
+            batch_size,
+            max_demos,
+            max_tokens,
+            warmup_steps,
+            schedule,
+            weights,
+            answer_logits_only=True,
+            log_every=log_every,
+        )
     finally:
         torch.set_num_threads(before)
     seconds = time.perf_counter() - start
     chunk = max(1, steps // 20)
-    record = {**recipe, "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(seconds, 1),
-              "torch": torch.__version__,
-              "loss_curve": [[min(i + chunk, steps), round(sum(losses[i:i + chunk]) / len(losses[i:i + chunk]), 4)]
-                             for i in range(0, steps, chunk)]}
+    record = {
+        **recipe,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "loss_curve": [
+            [min(i + chunk, steps), round(sum(losses[i : i + chunk]) / len(losses[i : i + chunk]), 4)]
+            for i in range(0, steps, chunk)
+        ],
+    }
     _save(model, tokenizer, target, record)
     return target
 
@@ -327,8 +406,9 @@ def train_task_glm(tasks: list[str] | tuple[str, ...] = ("sst2", "rte", "cb"), d
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default="sst2,rte,cb", help="comma-separated tasks with a train split")
-    parser.add_argument("--task-weights", default=None,
-                        help="comma-separated relative batch frequency per task (default: uniform)")
+    parser.add_argument(
+        "--task-weights", default=None, help="comma-separated relative batch frequency per task (default: uniform)"
+    )
     parser.add_argument("--data-dir", default=None, help="folder of <task>/<split>.jsonl (default: $AUTOGLM_DATA_DIR)")
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
@@ -353,17 +433,33 @@ def run(args: argparse.Namespace) -> None:
     weights = [float(w) for w in args.task_weights.split(",")] if args.task_weights else None
     start = time.perf_counter()
     try:
-        path = train_task_glm([t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir,
-                              steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
-                              max_demos=args.max_demos, max_tokens=args.max_tokens, warmup_steps=args.warmup_steps,
-                              schedule=args.schedule, task_weights=weights, tiny=tiny, split_seed=args.split_seed,
-                              dev_size=args.dev_size, threads=args.threads, log_every=args.log_every)
+        path = train_task_glm(
+            [t.strip() for t in args.tasks.split(",") if t.strip()],
+            args.data_dir,
+            steps=args.steps,
+            seed=args.seed,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            max_demos=args.max_demos,
+            max_tokens=args.max_tokens,
+            warmup_steps=args.warmup_steps,
+            schedule=args.schedule,
+            task_weights=weights,
+            tiny=tiny,
+            split_seed=args.split_seed,
+            dev_size=args.dev_size,
+            threads=args.threads,
+            log_every=args.log_every,
+        )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     recipe = json.loads((path / "task_glm_recipe.json").read_text(encoding="utf-8"))
     cached = time.perf_counter() - start < recipe["train_seconds"]
-    print(f"task-glm: {recipe['parameters']:,} parameters, {recipe['steps']} steps, trained in "
-          f"{recipe['train_seconds']:.0f}s{' (cached)' if cached else ''}; loss {recipe['loss_curve'][0][1]:.3f} -> "
-          f"{recipe['loss_curve'][-1][1]:.3f}", file=sys.stderr)
+    print(
+        f"task-glm: {recipe['parameters']:,} parameters, {recipe['steps']} steps, trained in "
+        f"{recipe['train_seconds']:.0f}s{' (cached)' if cached else ''}; loss {recipe['loss_curve'][0][1]:.3f} -> "
+        f"{recipe['loss_curve'][-1][1]:.3f}",
+        file=sys.stderr,
+    )
     print(path)

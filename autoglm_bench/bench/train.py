@@ -17,22 +17,52 @@ import time
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "glm4_1p5b": {"model": {"vocab_size": 151552, "hidden_size": 2048, "intermediate_size": 6912,
-                            "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 4,
-                            "head_dim": 128}, "seq": 1024, "batch": 8, "precision": "bf16"},
-    "tiny": {"model": {"vocab_size": 8192, "hidden_size": 256, "intermediate_size": 864, "num_hidden_layers": 4,
-                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
-             "seq": 256, "batch": 4, "precision": "32"},
+    "glm4_1p5b": {
+        "model": {
+            "vocab_size": 151552,
+            "hidden_size": 2048,
+            "intermediate_size": 6912,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+        },
+        "seq": 1024,
+        "batch": 8,
+        "precision": "bf16",
+    },
+    "tiny": {
+        "model": {
+            "vocab_size": 8192,
+            "hidden_size": 256,
+            "intermediate_size": 864,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+        },
+        "seq": 256,
+        "batch": 4,
+        "precision": "32",
+    },
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="model and batch shape (default: glm4_1p5b on a GPU, tiny on a CPU)")
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="model and batch shape (default: glm4_1p5b on a GPU, tiny on a CPU)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed optimiser steps (default 20 GPU, 8 CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile our model (default: on a GPU)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile our model (default: on a GPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -41,8 +71,14 @@ def run(args: argparse.Namespace) -> None:
 
     gpu = torch.cuda.is_available()
     preset = args.preset or ("glm4_1p5b" if gpu else "tiny")
-    spec = {**PRESETS[preset], "steps": args.steps or (20 if gpu else 8), "warmup": args.warmup,
-            "compile": gpu if args.compile is None else args.compile, "seed": args.seed, "gpu": gpu}
+    spec = {
+        **PRESETS[preset],
+        "steps": args.steps or (20 if gpu else 8),
+        "warmup": args.warmup,
+        "compile": gpu if args.compile is None else args.compile,
+        "seed": args.seed,
+        "gpu": gpu,
+    }
     ctx = multiprocessing.get_context("spawn")
     rows = {}
     for name in ("ours", "hf_trainer"):
@@ -50,9 +86,11 @@ def run(args: argparse.Namespace) -> None:
             rows[name] = pool.apply(measure, (name, spec))
     device = rows["ours"]["device"]
     n_params = rows["ours"]["params"]
-    print(f"train benchmark: preset={preset} device={device} params={n_params / 1e6:.1f}M seq={spec['seq']} "
-          f"micro_batch={spec['batch']} precision={spec['precision']} timed_steps={spec['steps']} "
-          f"(after {spec['warmup']} warm-up) compile(ours)={spec['compile']}")
+    print(
+        f"train benchmark: preset={preset} device={device} params={n_params / 1e6:.1f}M seq={spec['seq']} "
+        f"micro_batch={spec['batch']} precision={spec['precision']} timed_steps={spec['steps']} "
+        f"(after {spec['warmup']} warm-up) compile(ours)={spec['compile']}"
+    )
     print(f"{'trainer':<12}{'tokens/s':>12}{'MFU':>8}{'peak mem (MiB)':>16}{'mean loss':>12}")
     for name, r in rows.items():
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "n/a"
@@ -95,10 +133,15 @@ def measure(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     peak = gpu_peak_flops(device)
     cfg = model.config
     fpt = flops_per_token(n_params, cfg.num_hidden_layers, cfg.hidden_size, spec["seq"])
-    return {"tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / peak if peak else None,
-            "peak_mb": peak_memory_mb(device), "peak_kind": "CUDA max allocated" if spec["gpu"] else "CPU max RSS",
-            "loss": timer["loss"], "params": n_params,
-            "device": torch.cuda.get_device_name(device) if spec["gpu"] else "cpu"}
+    return {
+        "tokens_per_s": tokens_per_s,
+        "mfu": fpt * tokens_per_s / peak if peak else None,
+        "peak_mb": peak_memory_mb(device),
+        "peak_kind": "CUDA max allocated" if spec["gpu"] else "CPU max RSS",
+        "loss": timer["loss"],
+        "params": n_params,
+        "device": torch.cuda.get_device_name(device) if spec["gpu"] else "cpu",
+    }
 
 
 def _sync(spec: dict[str, Any]) -> None:
@@ -134,13 +177,22 @@ def _train_ours(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, flo
         batch = torch.stack(rows)
         return {"input_ids": batch, "attention_mask": torch.ones_like(batch), "labels": batch}
 
-    module = FinetuneModule(model, classifier=False, optim=OptimConfig(lr=1e-4, weight_decay=0.01),
-                            metrics=["acc"], compile=spec["compile"])
+    module = FinetuneModule(
+        model, classifier=False, optim=OptimConfig(lr=1e-4, weight_decay=0.01), metrics=["acc"], compile=spec["compile"]
+    )
     trainer = pl.Trainer(
-        accelerator="gpu" if spec["gpu"] else "cpu", devices=1, precision="bf16-mixed" if spec["precision"] == "bf16"
-        else "32-true", max_steps=spec["steps"] + spec["warmup"], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        gradient_clip_val=1.0, callbacks=[Timer()],
+        accelerator="gpu" if spec["gpu"] else "cpu",
+        devices=1,
+        precision="bf16-mixed" if spec["precision"] == "bf16" else "32-true",
+        max_steps=spec["steps"] + spec["warmup"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        callbacks=[Timer()],
     )
     losses: list[Any] = []
     trainer.fit(module, DataLoader(list(ids), batch_size=spec["batch"], collate_fn=collate))
@@ -169,10 +221,19 @@ def _train_hf(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, float
     dataset = [{"input_ids": row, "labels": row} for row in ids]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"],
-            learning_rate=1e-4, weight_decay=0.01, bf16=spec["precision"] == "bf16", max_grad_norm=1.0,
-            logging_steps=spec["steps"] + spec["warmup"], save_strategy="no", report_to=[], disable_tqdm=True,
-            dataloader_num_workers=0, optim="adamw_torch_fused" if spec["gpu"] else "adamw_torch",
+            output_dir=out,
+            per_device_train_batch_size=spec["batch"],
+            max_steps=spec["steps"] + spec["warmup"],
+            learning_rate=1e-4,
+            weight_decay=0.01,
+            bf16=spec["precision"] == "bf16",
+            max_grad_norm=1.0,
+            logging_steps=spec["steps"] + spec["warmup"],
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            optim="adamw_torch_fused" if spec["gpu"] else "adamw_torch",
             use_cpu=not spec["gpu"],
         )
         Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Timer()]).train()

@@ -41,6 +41,7 @@ class Evaluator:
     hits: int = 0
     tokens: int = 0
     seconds: float = 0.0
+
     def render(self, cand: Candidate, rows: list[dict[str, Any]]) -> list[Example]:
         """``rows`` rendered with the candidate's template, instruction, label words and demos."""
         cfg = dataclasses.replace(self.task.cfg, choices=self.verbalizers[cand.verbalizer])

@@ -14,8 +14,9 @@ from .space import Candidate
 PLOT_NAMES = ("optimization_history", "param_importances", "pareto_front")
 
 
-def write_outputs(study: Any, run_dir: Path, best: Any, cand: Candidate, prompt: str, example: dict[str, Any],
-                  objectives: list[str]) -> dict[str, Any]:
+def write_outputs(
+    study: Any, run_dir: Path, best: Any, cand: Candidate, prompt: str, example: dict[str, Any], objectives: list[str]
+) -> dict[str, Any]:
     """Write the best prompt, the trials CSV and the plots; returns ``{"files": [...], "plots_skipped": {...}}``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     values = ", ".join(f"{name}={v:.4f}" for name, v in zip(objectives, best.values))
@@ -27,7 +28,8 @@ def write_outputs(study: Any, run_dir: Path, best: Any, cand: Candidate, prompt:
         encoding="utf-8",
     )
     study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration")).to_csv(
-        run_dir / "trials.csv", index=False)
+        run_dir / "trials.csv", index=False
+    )
     files = ["best_prompt.txt", "trials.csv"]
     skipped = {}
     for name in PLOT_NAMES:
@@ -52,8 +54,11 @@ def plot_png(study: Any, name: str, path: Path, objectives: list[str]) -> None:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    first = {"target": lambda t: t.values[0], "target_name": objectives[0]} if len(objectives) > 1 else {
-        "target_name": objectives[0]}
+    first = (
+        {"target": lambda t: t.values[0], "target_name": objectives[0]}
+        if len(objectives) > 1
+        else {"target_name": objectives[0]}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         if name == "optimization_history":
@@ -77,22 +82,37 @@ class TrialLogger:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.wandb_run = wandb.init(project=run.logger.project, entity=run.logger.entity, mode=run.logger.mode,
-                                        dir=str(run_dir), name=f"{run_dir.name}-trials", group=run_dir.name,
-                                        tags=[*run.logger.tags, "prompt_search"], job_type="prompt_search",
-                                        settings=wandb.Settings(console="off", x_disable_stats=True))
+            self.wandb_run = wandb.init(
+                project=run.logger.project,
+                entity=run.logger.entity,
+                mode=run.logger.mode,
+                dir=str(run_dir),
+                name=f"{run_dir.name}-trials",
+                group=run_dir.name,
+                tags=[*run.logger.tags, "prompt_search"],
+                job_type="prompt_search",
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
 
     def __call__(self, study: Any, trial: Any) -> None:
         attrs = trial.user_attrs
         value = attrs.get(f"dev_{self.metric}")
         shown = f"{value:.4f}" if value is not None else "-"
-        print(f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
-              f"{attrs.get('dev_examples', 0)} examples (scored {attrs.get('examples_scored', 0)}, cache hits "
-              f"{attrs.get('cache_hits', 0)}) {trial.params}", flush=True)
+        print(
+            f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
+            f"{attrs.get('dev_examples', 0)} examples (scored {attrs.get('examples_scored', 0)}, cache hits "
+            f"{attrs.get('cache_hits', 0)}) {trial.params}",
+            flush=True,
+        )
         if self.wandb_run is not None:
-            self.wandb_run.log({"trial": trial.number, "state": trial.state.name, **{
-                f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float))}, **{
-                f"param/{k}": v for k, v in trial.params.items()}})
+            self.wandb_run.log(
+                {
+                    "trial": trial.number,
+                    "state": trial.state.name,
+                    **{f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float))},
+                    **{f"param/{k}": v for k, v in trial.params.items()},
+                }
+            )
 
     def close(self) -> None:
         if self.wandb_run is not None:

@@ -14,7 +14,7 @@ from ..models import LoadedModel
 from ..scoring import generate_until
 
 META_PROMPT_HEAD = (
-    "Your task is to write an instruction for the task \"{task}\". Below are earlier instructions with their "
+    'Your task is to write an instruction for the task "{task}". Below are earlier instructions with their '
     "accuracy on development examples, from worst to best.\n\n"
 )
 META_PROMPT_TAIL = "Write a new instruction, different from all of the above, with a higher accuracy.\nInstruction:"
@@ -51,6 +51,5 @@ def meta_prompt(task_name: str, history: list[tuple[str, float]]) -> str:
 
 def propose_instruction(lm: LoadedModel, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation of the meta-prompt up to the end of the line: the new instruction."""
-    (text,), _ = generate_until(lm, [prompt], until=["\n"], max_new_tokens=max_new_tokens, batch_size=1,
-                                progress=False)
+    (text,), _ = generate_until(lm, [prompt], until=["\n"], max_new_tokens=max_new_tokens, batch_size=1, progress=False)
     return " ".join(text.split())

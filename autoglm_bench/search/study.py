@@ -42,11 +42,19 @@ def default_study_name(run: RunConfig, space: PromptSpace) -> str:
     command resumes and a changed space starts a new study next to the old one."""
     s = run.search
     keyed = {
-        "task": asdict(run.task), "model": asdict(run.model), "space": space.fingerprint(), "seed": run.seed,
-        "limit": run.limit, "system": run.prompt.system, "chat": run.prompt.chat_template,
+        "task": asdict(run.task),
+        "model": asdict(run.model),
+        "space": space.fingerprint(),
+        "seed": run.seed,
+        "limit": run.limit,
+        "system": run.prompt.system,
+        "chat": run.prompt.chat_template,
         "split": [run.split_seed, run.dev_size],
-        "search": {k: v for k, v in asdict(s).items()
-                   if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "cache_path", "name")},
+        "search": {
+            k: v
+            for k, v in asdict(s).items()
+            if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "cache_path", "name")
+        },
     }
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{run.task.name}-{run.model.name}-{s.sampler}-{digest}"
@@ -56,19 +64,27 @@ def open_search_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: 
     """Create the study, or load it when the storage already holds one of that name (resume)."""
     s = run.search
     url = s.storage or f"sqlite:///{run_dir.resolve() / 'study.db'}"
-    sampler = make_sampler(s.sampler, run.seed, n_startup_trials=s.n_startup_trials,
-                           population_size=s.population_size, grid=space.grid())
+    sampler = make_sampler(
+        s.sampler, run.seed, n_startup_trials=s.n_startup_trials, population_size=s.population_size, grid=space.grid()
+    )
     pruner = make_pruner(s.pruner, min_resource=s.minibatch, max_resource=n_dev, p_threshold=s.p_threshold)
     directions = ["maximize"] + ["minimize"] * (len(s.objectives) - 1)
-    return open_study(url, s.study_name or default_study_name(run, space), directions, sampler=sampler,
-                      pruner=pruner, heartbeat_s=s.heartbeat_s)
+    return open_study(
+        url,
+        s.study_name or default_study_name(run, space),
+        directions,
+        sampler=sampler,
+        pruner=pruner,
+        heartbeat_s=s.heartbeat_s,
+    )
 
 
 class Objective:
     """One trial: pick a candidate, score dev minibatches through the cache, report, maybe prune."""
 
-    def __init__(self, run: RunConfig, space: PromptSpace, evaluator: Evaluator, splits: Splits,
-                 proposer: LoadedModel | None):
+    def __init__(
+        self, run: RunConfig, space: PromptSpace, evaluator: Evaluator, splits: Splits, proposer: LoadedModel | None
+    ):
         self.run, self.space, self.evaluator, self.splits, self.proposer = run, space, evaluator, splits, proposer
         self.ends = minibatch_ends(len(splits.dev), run.search.minibatch)
         self.metric = run.search.objectives[0]
@@ -77,8 +93,10 @@ class Objective:
         params = self.space.suggest(trial)
         text = trial.user_attrs.get("instruction") if params["instruction"] == PROPOSED else None
         if params["instruction"] == PROPOSED and text is None:
-            prompt = meta_prompt(self.run.task.name, instruction_history(
-                trial.study.get_trials(deepcopy=False), self.run.search.proposal.history))
+            prompt = meta_prompt(
+                self.run.task.name,
+                instruction_history(trial.study.get_trials(deepcopy=False), self.run.search.proposal.history),
+            )
             assert self.proposer is not None
             text = propose_instruction(self.proposer, prompt, self.run.search.proposal.max_new_tokens)
             trial.set_user_attr("meta_prompt", prompt)
@@ -133,8 +151,9 @@ def load_proposer(run: RunConfig, lm: LoadedModel) -> LoadedModel:
         return lm
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                          OmegaConf.load(CONF_DIR / "model" / f"{run.search.proposal.model}.yaml"))
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{run.search.proposal.model}.yaml")
+    )
     return load_model(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
 
@@ -160,10 +179,17 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     chat_tokenizer(run.prompt, lm.tokenizer)  # fails early for a model without a chat template
     needs_embeddings = "nearest" in space.demo_selection and max(space.k_shot) > 0
     cache_path = s.cache_path or str(cache_dir() / "eval_cache.sqlite")
-    evaluator = Evaluator(task=task, lm=lm, cache=EvalCache(cache_path), base_prompt=run.prompt,
-                          verbalizers=space.verbalizers, pool=demo_pool(splits.train, s.demo_pool, run.seed),
-                          seed=run.seed, batch_size=run.method.batch_size,
-                          embed=minilm_embedder() if needs_embeddings else None)
+    evaluator = Evaluator(
+        task=task,
+        lm=lm,
+        cache=EvalCache(cache_path),
+        base_prompt=run.prompt,
+        verbalizers=space.verbalizers,
+        pool=demo_pool(splits.train, s.demo_pool, run.seed),
+        seed=run.seed,
+        batch_size=run.method.batch_size,
+        embed=minilm_embedder() if needs_embeddings else None,
+    )
     proposer = load_proposer(run, lm) if PROPOSED in space.instructions else None
     load_s = time.perf_counter() - start
 
@@ -199,8 +225,13 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         "predictions": final["test"],
         "dev_predictions": final["dev"],
         "splits": splits.record(),
-        "timings": {"load_s": load_s, "search_s": search_s, "eval_s": evaluator.seconds, "train_s": None,
-                    "tokens_per_s": evaluator.tokens / evaluator.seconds if evaluator.seconds else 0.0},
+        "timings": {
+            "load_s": load_s,
+            "search_s": search_s,
+            "eval_s": evaluator.seconds,
+            "train_s": None,
+            "tokens_per_s": evaluator.tokens / evaluator.seconds if evaluator.seconds else 0.0,
+        },
         "cost": {
             "examples_scored": evaluator.scored,
             "cache_hits": evaluator.hits,
@@ -218,11 +249,19 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
             "objectives": list(s.objectives),
             "n_trials": wanted,
             "space_size": space.size,
-            "trials": {"finished": len(finished(trials)), "complete": states.count("COMPLETE"),
-                       "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
-                       "finished_before_this_run": finished_before},
-            "best": {"trial": best.number, "values": list(best.values), "params": best.params,
-                     "candidate": asdict(cand)},
+            "trials": {
+                "finished": len(finished(trials)),
+                "complete": states.count("COMPLETE"),
+                "pruned": states.count("PRUNED"),
+                "failed": states.count("FAIL"),
+                "finished_before_this_run": finished_before,
+            },
+            "best": {
+                "trial": best.number,
+                "values": list(best.values),
+                "params": best.params,
+                "candidate": asdict(cand),
+            },
             "cache_path": cache_path,
             "demo_pool_size": len(evaluator.pool),
             "outputs": files,

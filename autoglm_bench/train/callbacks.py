@@ -10,8 +10,17 @@ import lightning.pytorch as pl
 import torch
 
 # Dense bf16 peak FLOP/s of common GPUs (vendor datasheets, without sparsity), matched by name.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
-                 "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
+GPU_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "4090": 165e12,
+}
 
 
 def gpu_peak_flops(device: torch.device) -> float | None:
@@ -52,8 +61,9 @@ class TrainStats(pl.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.losses.append((trainer.global_step, outputs["loss"].detach()))
         self.tokens = self.tokens + batch["attention_mask"].sum()
 
@@ -89,8 +99,9 @@ class TrainStats(pl.Callback):
         if peak:
             cfg = getattr(model, "config", None)
             n_params = sum(p.numel() for p in model.parameters())
-            fpt = flops_per_token(n_params, getattr(cfg, "num_hidden_layers", 0), getattr(cfg, "hidden_size", 0),
-                                  seq_len)
+            fpt = flops_per_token(
+                n_params, getattr(cfg, "num_hidden_layers", 0), getattr(cfg, "hidden_size", 0), seq_len
+            )
             mfu = fpt * tokens_per_s / peak
         return {
             "loss_curve": [{"step": s, "loss": sum(v) / len(v)} for s, v in sorted(per_step.items())],

@@ -42,15 +42,18 @@ def split_rows(task: Task, run: RunConfig) -> Splits:
     """The run's train/dev/test rows (:func:`~autoglm_bench.splits.split_task`), training capped at
     ``method.train_size`` and ``limit`` rows."""
     if "train" not in task.rows:
-        raise ConfigError(f"method=finetune needs a train split, but task {task.name!r} has only: "
-                          f"{', '.join(task.rows)}")
+        raise ConfigError(
+            f"method=finetune needs a train split, but task {task.name!r} has only: {', '.join(task.rows)}"
+        )
     splits = split_task(task, run.split_seed, run.dev_size, run.limit)
     for cap in (run.method.train_size, run.limit):
         if cap is not None:
             splits.train = splits.train[:cap]
     if not splits.train:
-        raise ConfigError(f"no training rows left: the train split of {task.name!r} has "
-                          f"{len(task.rows['train'])} rows and dev_size={run.dev_size} holds them all out")
+        raise ConfigError(
+            f"no training rows left: the train split of {task.name!r} has "
+            f"{len(task.rows['train'])} rows and dev_size={run.dev_size} holds them all out"
+        )
     return splits
 
 
@@ -105,8 +108,11 @@ class TaskDataModule(pl.LightningDataModule):
         if self.run.method.packing:
             self.train_set = pack(self.train_set, self.max_length)
         if self.task.cfg.type == "multiple_choice":  # dev: every (example, choice) pair, scored like eval
-            pairs = [(i, j, ctx, delimiter + c) for i, (ctx, ex) in enumerate(zip(dev_contexts, self.dev_examples))
-                     for j, c in enumerate(ex.choices)]
+            pairs = [
+                (i, j, ctx, delimiter + c)
+                for i, (ctx, ex) in enumerate(zip(dev_contexts, self.dev_examples))
+                for j, c in enumerate(ex.choices)
+            ]
             dev = self._encode_causal([p[2] for p in pairs], [p[3] for p in pairs], eos=False)
             self.dev_set = [{**row, "example": i, "choice": j} for row, (i, j, _, _) in zip(dev, pairs)]
         else:
@@ -156,8 +162,9 @@ class TaskDataModule(pl.LightningDataModule):
         if self._resume is not None:
             sampler.resume_at(*self._resume)
         self._sampler = sampler
-        return DataLoader(self.train_set, batch_size=self.run.method.batch_size, sampler=sampler,
-                          collate_fn=self.collate)
+        return DataLoader(
+            self.train_set, batch_size=self.run.method.batch_size, sampler=sampler, collate_fn=self.collate
+        )
 
     # A checkpoint records where in the epoch training was, so a run resumed from a mid-epoch checkpoint
     # goes on with exactly the batches the interrupted run had not trained on yet. (Lightning's own
@@ -268,8 +275,9 @@ class ShardedOrder(Sampler[int]):
     ``rank, rank + world, ...`` of the global order, after dropping the tail that does not divide evenly.
     """
 
-    def __init__(self, lengths: list[int], global_batch: int, seed: int, group_by_length: bool, rank: int,
-                 world: int, epoch: Any):
+    def __init__(
+        self, lengths: list[int], global_batch: int, seed: int, group_by_length: bool, rank: int, world: int, epoch: Any
+    ):
         self.lengths, self.global_batch, self.seed = lengths, global_batch, seed
         self.group_by_length, self.rank, self.world, self.epoch = group_by_length, rank, world, epoch
         self._resume: tuple[int, int] | None = None  # (epoch, indices of it already used)

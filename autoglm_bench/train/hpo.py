@@ -33,8 +33,12 @@ COMMON_SPACE = {
 }
 DEFAULT_SPACE = {
     "full": COMMON_SPACE,
-    "lora": {**COMMON_SPACE, "peft.r": "choice(4,8,16)", "peft.alpha": "choice(8,16,32)",
-             "peft.dropout": "interval(0.0,0.2)"},
+    "lora": {
+        **COMMON_SPACE,
+        "peft.r": "choice(4,8,16)",
+        "peft.alpha": "choice(8,16,32)",
+        "peft.dropout": "interval(0.0,0.2)",
+    },
     "prefix": {**COMMON_SPACE, "peft.num_virtual_tokens": "choice(8,16,32)"},
     "prompt_tuning": {**COMMON_SPACE, "peft.num_virtual_tokens": "choice(8,16,32)"},
 }
@@ -76,8 +80,12 @@ def sweeper_trial(run: RunConfig) -> tuple[Any, dict[str, Any]]:
         raise ConfigError("hpo.trial_number needs hpo.storage and hpo.study_name (the sweeper sets all three)")
     study = open_study(run.hpo.storage, run.hpo.study_name, [], pruner=trial_pruner(run), create=False)
     callback = PyTorchLightningPruningCallback(join_trial(study, run.hpo.trial_number), monitor=monitor_of(run)[0])
-    used = {"study": study.study_name, "number": run.hpo.trial_number, "pruner": type(study.pruner).__name__,
-            "direction": study.direction.name.lower()}
+    used = {
+        "study": study.study_name,
+        "number": run.hpo.trial_number,
+        "pruner": type(study.pruner).__name__,
+        "direction": study.direction.name.lower(),
+    }
     return callback, used
 
 
@@ -97,13 +105,18 @@ def run_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     storage = run.hpo.storage or f"sqlite:///{run_dir.resolve() / 'study.db'}"
     name = run.hpo.study_name or default_study_name(run, spec)
     sampler = make_sampler(run.hpo.sampler, run.seed, n_startup_trials=4, grid=grid_of(space))
-    study = open_study(storage, name, [direction], sampler=sampler, pruner=trial_pruner(run),
-                       heartbeat_s=run.hpo.heartbeat_s)
+    study = open_study(
+        storage, name, [direction], sampler=sampler, pruner=trial_pruner(run), heartbeat_s=run.hpo.heartbeat_s
+    )
 
     def objective(trial: optuna.Trial) -> float:
         trial_run = with_params(run, {**trial.params, "method.save_model": False, "trainer.checkpoint": False})
-        out = finetune(trial_run, run_dir / f"trial_{trial.number}", evaluate=False,
-                       callbacks=[PyTorchLightningPruningCallback(trial, monitor=monitor)])
+        out = finetune(
+            trial_run,
+            run_dir / f"trial_{trial.number}",
+            evaluate=False,
+            callbacks=[PyTorchLightningPruningCallback(trial, monitor=monitor)],
+        )
         value = out["dev_metrics"].get(metric)
         if value is None:
             raise ConfigError(f"trial {trial.number} logged no {monitor}; hpo needs a dev set (dev_size > 0)")
@@ -123,9 +136,17 @@ def run_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         "best_trial": best.number,
         "best_value": best.value,
         "best_params": best.params,
-        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                    "intermediate": dict(t.intermediate_values), "fail_reason": t.system_attrs.get("fail_reason")}
-                   for t in trials],
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "intermediate": dict(t.intermediate_values),
+                "fail_reason": t.system_attrs.get("fail_reason"),
+            }
+            for t in trials
+        ],
     }
     out["timings"]["search_trials"] = len(trials)
     return out

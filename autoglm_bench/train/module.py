@@ -72,9 +72,19 @@ class FinetuneModule(pl.LightningModule):
     for every task metric (``dev/loss`` for generation tasks), for early stopping, checkpoints and pruning.
     """
 
-    def __init__(self, model: Any, *, classifier: bool, optim: OptimConfig, metrics: list[str],
-                 choices: list[list[str]] | None = None, targets: list[int] | None = None,
-                 loss: str | None = None, compile: bool = False, activation_checkpointing: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        classifier: bool,
+        optim: OptimConfig,
+        metrics: list[str],
+        choices: list[list[str]] | None = None,
+        targets: list[int] | None = None,
+        loss: str | None = None,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+    ):
         super().__init__()
         self.model, self.classifier, self.optim, self.metrics = model, classifier, optim, metrics
         self.choices, self.targets = choices, targets  # dev examples' choices and gold indices
@@ -127,8 +137,10 @@ class FinetuneModule(pl.LightningModule):
             return
         if self.classifier:
             scores = torch.cat([p[0] for p in parts]).tolist()
-            predictions = [{"target": t, "scores": s, "choices": c}
-                           for t, s, c in zip(self.targets or [], scores, self.choices or [])]
+            predictions = [
+                {"target": t, "scores": s, "choices": c}
+                for t, s, c in zip(self.targets or [], scores, self.choices or [])
+            ]
             names = [m for m in self.metrics if m != "acc_norm"]
         elif len(parts[0]) == 3:
             assert self.choices is not None and self.targets is not None
@@ -136,8 +148,9 @@ class FinetuneModule(pl.LightningModule):
             for example, choice, total in parts:
                 for i, j, v in zip(example.tolist(), choice.tolist(), total.tolist()):
                     scores[i][j] = v
-            predictions = [{"target": t, "scores": s, "choices": c}
-                           for t, s, c in zip(self.targets, scores, self.choices)]
+            predictions = [
+                {"target": t, "scores": s, "choices": c} for t, s, c in zip(self.targets, scores, self.choices)
+            ]
             names = self.metrics
         else:
             self.log("dev/loss", torch.cat([p[0] for p in parts]).mean(), sync_dist=True)
@@ -160,7 +173,10 @@ class FinetuneModule(pl.LightningModule):
         fused = op.fused if op.fused is not None else self.device.type == "cuda"
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": op.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=op.lr, betas=tuple(op.betas), eps=op.eps, fused=fused,
+            lr=op.lr,
+            betas=tuple(op.betas),
+            eps=op.eps,
+            fused=fused,
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = op.warmup_steps or int(op.warmup_ratio * total)

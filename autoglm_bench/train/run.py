@@ -64,8 +64,9 @@ def monitor_of(run: RunConfig) -> tuple[str, str]:
     return f"dev/{metric}", direction[:3]
 
 
-def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None = None,
-             evaluate: bool = True) -> dict[str, Any]:
+def finetune(
+    run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None = None, evaluate: bool = True
+) -> dict[str, Any]:
     """Train as ``run`` says, writing checkpoints and weights under ``run_dir``.
 
     Returns the method's part of the result record (metrics on the eval split, dev metrics, predictions,
@@ -95,8 +96,9 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         activation_checkpointing=run.trainer.activation_checkpointing,
     )
     stats = TrainStats()
-    trainer = build_trainer(run, run_dir, monitor_of(run), has_dev=bool(data.dev_rows),
-                            callbacks=[stats, *(callbacks or [])])
+    trainer = build_trainer(
+        run, run_dir, monitor_of(run), has_dev=bool(data.dev_rows), callbacks=[stats, *(callbacks or [])]
+    )
     trainable, total = trainable_parameters(model)
     load_s = time.perf_counter() - start
 
@@ -130,11 +132,17 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
     dev_metrics = {k.removeprefix("dev/"): v for k, v in dev_metrics.items() if k.startswith("dev/")}
     objective = dev_metrics.get(monitor_of(run)[0].removeprefix("dev/"))  # what a sweeper optimises
     if run.method.save_model:
-        training["saved_model"] = save_weights(model, tokenizer, run_dir / ("adapter" if run.peft.method != "full"
-                                                                             else "model"))
+        training["saved_model"] = save_weights(
+            model, tokenizer, run_dir / ("adapter" if run.peft.method != "full" else "model")
+        )
     if not evaluate:
-        return {"training": training, "dev_metrics": dev_metrics, "objective": objective,
-                "splits": data.splits.record(), "timings": {"load_s": load_s, "train_s": train_s}}
+        return {
+            "training": training,
+            "dev_metrics": dev_metrics,
+            "objective": objective,
+            "splits": data.splits.record(),
+            "timings": {"load_s": load_s, "train_s": train_s},
+        }
 
     model = _unwrap(model).to(device).eval()
     chat = chat_tokenizer(run.prompt, tokenizer)
@@ -149,11 +157,17 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         if run.peft.method in ("prefix", "prompt_tuning"):
             # Virtual tokens do not survive the batched scorer's KV-cache reuse; the naive one is exact.
             method = dataclasses.replace(method, scorer="naive")
-        lm = LoadedModel(name=run.model.name, model=model, tokenizer=tokenizer, device=device, dtype=torch.float32,
-                         fingerprint="finetuned", max_length=max_length)
+        lm = LoadedModel(
+            name=run.model.name,
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=torch.float32,
+            fingerprint="finetuned",
+            max_length=max_length,
+        )
         with torch.inference_mode():
-            predictions, score_stats, _ = score_examples(lm, task, examples, method,
-                                                         chat)
+            predictions, score_stats, _ = score_examples(lm, task, examples, method, chat)
         metrics = task.hook.score(predictions)
         eval_s, tokens = score_stats.seconds, score_stats.tokens
     return {
@@ -163,16 +177,19 @@ def finetune(run: RunConfig, run_dir: Path, callbacks: list[pl.Callback] | None 
         "predictions": predictions,
         "splits": data.splits.record(),
         "training": training,
-        "timings": {"load_s": load_s, "train_s": train_s, "eval_s": eval_s,
-                    "tokens_per_s": training["tokens_per_s"]},
-        "cost": {"examples_scored": len(predictions), "tokens_processed": tokens,
-                 "tokens_trained": training["tokens_trained"]},
+        "timings": {"load_s": load_s, "train_s": train_s, "eval_s": eval_s, "tokens_per_s": training["tokens_per_s"]},
+        "cost": {
+            "examples_scored": len(predictions),
+            "tokens_processed": tokens,
+            "tokens_trained": training["tokens_trained"],
+        },
         "device": device,
     }
 
 
-def build_trainer(run: RunConfig, run_dir: Path, monitor: tuple[str, str], has_dev: bool,
-                  callbacks: list[pl.Callback]) -> pl.Trainer:
+def build_trainer(
+    run: RunConfig, run_dir: Path, monitor: tuple[str, str], has_dev: bool, callbacks: list[pl.Callback]
+) -> pl.Trainer:
     """A Lightning Trainer from ``run.trainer``: checkpoints, early stopping, the configured callbacks
     (instantiated from their ``_target_``) and the run's logger (CSV, or W&B offline by default)."""
     from hydra.utils import instantiate
@@ -182,11 +199,17 @@ def build_trainer(run: RunConfig, run_dir: Path, monitor: tuple[str, str], has_d
     key, mode = monitor
     callbacks = list(callbacks)
     if tr.checkpoint:
-        callbacks.append(ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", monitor=key if has_dev else None, mode=mode, save_last=True,
-            save_top_k=1 if has_dev else 0, every_n_train_steps=tr.checkpoint_every_n_steps,
-            filename="best-{step}",
-        ))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                monitor=key if has_dev else None,
+                mode=mode,
+                save_last=True,
+                save_top_k=1 if has_dev else 0,
+                every_n_train_steps=tr.checkpoint_every_n_steps,
+                filename="best-{step}",
+            )
+        )
     if tr.early_stopping_patience is not None and has_dev:
         callbacks.append(EarlyStopping(monitor=key, mode=mode, patience=tr.early_stopping_patience))
     callbacks += [instantiate(c) for c in tr.callbacks]
@@ -230,8 +253,14 @@ def lightning_logger(run: RunConfig, run_dir: Path) -> Any:
     if run.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        return WandbLogger(project=run.logger.project, entity=run.logger.entity, tags=list(run.logger.tags),
-                           mode=run.logger.mode, save_dir=str(run_dir), name=f"{run_dir.name}-train")
+        return WandbLogger(
+            project=run.logger.project,
+            entity=run.logger.entity,
+            tags=list(run.logger.tags),
+            mode=run.logger.mode,
+            save_dir=str(run_dir),
+            name=f"{run_dir.name}-train",
+        )
     return False
 
 
@@ -242,8 +271,9 @@ def save_weights(model: Any, tokenizer: Any, folder: Path) -> str:
     return str(folder)
 
 
-def classify(model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: list[Any],
-             device: torch.device) -> tuple[list[dict[str, Any]], float, int]:
+def classify(
+    model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: list[Any], device: torch.device
+) -> tuple[list[dict[str, Any]], float, int]:
     """Predictions of a classification head on rendered examples: (predictions, seconds, tokens)."""
     from ..prompts import prompt_text
 
@@ -252,8 +282,13 @@ def classify(model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: l
     size = run.method.eval_batch_size
     with torch.inference_mode():
         for b in range(0, len(examples), size):
-            enc = tokenizer(contexts[b : b + size], padding=True, truncation=True, max_length=run.model.max_length,
-                            return_tensors="pt").to(device)
+            enc = tokenizer(
+                contexts[b : b + size],
+                padding=True,
+                truncation=True,
+                max_length=run.model.max_length,
+                return_tensors="pt",
+            ).to(device)
             scores += torch.log_softmax(model(**enc).logits.float(), -1).tolist()
             tokens += int(enc["attention_mask"].sum())
     return choice_predictions(examples, scores), time.perf_counter() - start, tokens

@@ -28,5 +28,6 @@ class OptunaSweeperConf:
     params: Dict[str, str] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf,
-                             provider="autoglm_optuna_sweeper")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="autoglm_optuna_sweeper"
+)

@@ -40,9 +40,20 @@ log = logging.getLogger(__name__)
 class OptunaSweeper(Sweeper):
     """Hydra's Sweeper interface (``setup``, ``sweep``) over :func:`autoglm_bench.studies.run_trials`."""
 
-    def __init__(self, n_trials: int, n_jobs: int, direction: str | None, sampler: str, pruner: str, seed: int,
-                 n_startup_trials: int, storage: str | None, study_name: str | None, heartbeat_s: int,
-                 params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        n_trials: int,
+        n_jobs: int,
+        direction: str | None,
+        sampler: str,
+        pruner: str,
+        seed: int,
+        n_startup_trials: int,
+        storage: str | None,
+        study_name: str | None,
+        heartbeat_s: int,
+        params: dict[str, str] | None = None,
+    ) -> None:
         self.n_trials, self.n_jobs, self.direction = n_trials, max(1, n_jobs), direction
         self.sampler, self.pruner, self.seed, self.n_startup_trials = sampler, pruner, seed, n_startup_trials
         self.storage, self.study_name, self.heartbeat_s = storage, study_name, heartbeat_s
@@ -64,24 +75,28 @@ class OptunaSweeper(Sweeper):
 
         assert self.config is not None and self.launcher is not None
         overrides = OverridesParser.create().parse_overrides(
-            [f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+            [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        )
         sweeps = {o.get_key_element(): o.input_line.partition("=")[2] for o in overrides if o.is_sweep_override()}
-        fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in overrides
-                 if not o.is_sweep_override()]
+        fixed = [
+            f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in overrides if not o.is_sweep_override()
+        ]
         if not sweeps:
-            raise HydraException("hydra/sweeper=optuna found nothing to search; add e.g. "
-                                 "'optim.lr=tag(log,interval(1e-5,1e-3))'")
+            raise HydraException(
+                "hydra/sweeper=optuna found nothing to search; add e.g. 'optim.lr=tag(log,interval(1e-5,1e-3))'"
+            )
         try:
             space = parse_space(sweeps)
             if self.pruner not in PRUNERS or self.pruner == "wilcoxon":
-                raise ConfigError(f"unknown hydra.sweeper.pruner {self.pruner!r}; allowed: none, median, "
-                                  "successive_halving, hyperband")
+                raise ConfigError(
+                    f"unknown hydra.sweeper.pruner {self.pruner!r}; allowed: none, median, "
+                    "successive_halving, hyperband"
+                )
             metric, natural = objective_of(self.config)
             direction = self.direction or natural
             if direction not in ("maximize", "minimize"):
                 raise ConfigError(f"unknown hydra.sweeper.direction {direction!r}; allowed: maximize, minimize")
-            sampler = make_sampler(self.sampler, self.seed, n_startup_trials=self.n_startup_trials,
-                                   grid=grid_of(space))
+            sampler = make_sampler(self.sampler, self.seed, n_startup_trials=self.n_startup_trials, grid=grid_of(space))
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
             storage = self.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
@@ -89,15 +104,19 @@ class OptunaSweeper(Sweeper):
             study = open_study(storage, name, [direction], sampler=sampler, heartbeat_s=self.heartbeat_s)
         except ConfigError as exc:
             raise HydraException(str(exc)) from None
-        log.info(f"Optuna study {name!r} ({direction} dev {metric}) in {storage}: {self.n_trials} trials over "
-                 f"{', '.join(sweeps)}")
+        log.info(
+            f"Optuna study {name!r} ({direction} dev {metric}) in {storage}: {self.n_trials} trials over "
+            f"{', '.join(sweeps)}"
+        )
         job_args = [*fixed, f"hpo.storage={storage}", f"hpo.study_name={name}", f"hpo.pruner={self.pruner}"]
 
         def launch(trials: list[optuna.Trial]) -> list[Any]:
             outcomes = {}
             for group in contiguous(trials):  # job numbers (and so job directories) are trial numbers
-                jobs = [tuple([*job_args, *(f"{k}={v}" for k, v in t.params.items()), f"hpo.trial_number={t.number}"])
-                        for t in group]
+                jobs = [
+                    tuple([*job_args, *(f"{k}={v}" for k, v in t.params.items()), f"hpo.trial_number={t.number}"])
+                    for t in group
+                ]
                 returns = self.launcher.launch(jobs, initial_job_idx=group[0].number)
                 outcomes.update({t.number: outcome(ret) for t, ret in zip(group, returns)})
             return [outcomes[t.number] for t in trials]
@@ -112,8 +131,14 @@ class OptunaSweeper(Sweeper):
     def default_study_name(self, fixed: list[str], sweeps: dict[str, str], direction: str) -> str:
         """``sweep-<hash>`` of what the jobs compute and how trials are chosen, so the same command (on any
         worker) joins the same study and two different sweeps on one database never share one."""
-        keyed = {"fixed": sorted(fixed), "space": sweeps, "sampler": self.sampler, "pruner": self.pruner,
-                 "seed": self.seed, "direction": direction}
+        keyed = {
+            "fixed": sorted(fixed),
+            "space": sweeps,
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "seed": self.seed,
+            "direction": direction,
+        }
         return "sweep-" + hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
 
 
