@@ -38,16 +38,22 @@ def tiny_lm(model_cache):
     return load_model(ModelConfig(name="tiny_glm", kind="tiny_glm"))
 
 
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment a user's command runs in: ours plus ``extra``, without HYDRA_FULL_ERROR (so errors
+    are the one-line kind a user sees)."""
+    env = {**os.environ, **(extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, module: str = "autoglm_bench", env: dict | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """Run ``python -m autoglm_bench ARGS`` the way a user would; returns the completed process."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd or REPO,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from autoglm_bench.config import ConfigError, compose
 from autoglm_bench.search.cache import EvalCache
 from autoglm_bench.search.evaluation import minibatch_ends
 
-from .conftest import REPO, read_results
+from .conftest import REPO, cli_env, read_results
 from .conftest import run_cli as _run_cli
 
 # One torch thread: for a model this small, more threads only add synchronisation (and CI shares cores).
@@ -158,8 +157,7 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
         f"search.cache_path={tmp_path / 'cache.sqlite'}",
         f"hydra.run.dir={run_dir}",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = cli_env({"PYTHONUNBUFFERED": "1", **ONE_THREAD})
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoglm_bench", *args],
         cwd=REPO,

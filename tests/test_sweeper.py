@@ -17,7 +17,7 @@ import optuna
 
 from autoglm_bench.config import compose, objective_of
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, cli_env, run_cli
 from .postgres import postgres_url  # noqa: F401 - a pytest fixture
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -113,8 +113,7 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
         "hydra.sweeper.heartbeat_s=1",
         f"hydra.sweep.dir={tmp_path}",
     ]
-    env = {**os.environ, **ONE_THREAD}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = cli_env(ONE_THREAD)
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoglm_bench", *args],
         cwd=REPO,
@@ -221,8 +220,7 @@ def test_two_sweepers_share_one_study_on_postgresql(tmp_path, postgres_url):  # 
         "hydra.sweeper.n_trials=6",
         f"hydra.sweeper.storage={postgres_url}",
     ]
-    env = {**os.environ, **ONE_THREAD}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = cli_env(ONE_THREAD)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "autoglm_bench", *args, f"hydra.sweep.dir={tmp_path / w}"],
