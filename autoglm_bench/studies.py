@@ -298,6 +298,40 @@ class Heartbeat:
             self._thread.join()
 
 
+def adopt_silent_trials(study: optuna.Study) -> None:
+    """Give a heartbeat to each RUNNING trial that never recorded one and began over a grace period ago.
+
+    A process killed between asking a trial and its first heartbeat leaves a RUNNING trial with no
+    heartbeat row, which Optuna never calls stale. Beating for it once makes it go stale one grace
+    period later, so it is failed and retried like any other dead trial.
+    """
+    from datetime import datetime, timedelta
+
+    import optuna
+    from optuna.storages._rdb import models
+
+    storage = getattr(study._storage, "_backend", study._storage)  # optuna wraps RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage) or not storage.heartbeat_interval:
+        return
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    began_before = datetime.now() - timedelta(seconds=grace)  # FrozenTrial times are local and naive
+    old = {
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if t.datetime_start is not None and t.datetime_start < began_before
+    }
+    if not old:
+        return
+    session = storage.scoped_session()
+    try:
+        beating = models.TrialHeartbeatModel.trial_id.in_(old)
+        silent = old - {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id).filter(beating)}
+    finally:
+        session.close()
+    for trial_id in silent:
+        storage.record_heartbeat(trial_id)
+
+
 def run_trials(
     study: optuna.Study,
     n_trials: int,
@@ -328,6 +362,7 @@ def run_trials(
         study.sampler.reseed_rng()  # a resumed study must not replay the draws of the run that began it
     ran = 0
     while True:
+        adopt_silent_trials(study)
         with warnings.catch_warnings():  # stale-trial handling is "experimental" in Optuna since 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(study)
