@@ -334,3 +334,42 @@ def test_space_dimensions_take_the_sweep_syntax_of_every_search_space():
     assert space.k_shot == [0, 1, 2] and space.templates == ["default", "question"]
     with pytest.raises(ConfigError, match="prompt dimensions are categorical"):
         compose(["method=prompt_search", 'search.space.k_shot="interval(0,3)"'])
+
+
+def test_demo_settings_are_asked_only_when_they_matter_and_no_prompt_set_is_scored_twice(tmp_path):
+    """k_shot=0 has no demos to select or order and one demo has no order, so those trials do not ask for
+    them; a trial whose rendered prompts equal an earlier trial's takes that trial's value, scoring nothing."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "method=prompt_search",
+        "search=tpe",
+        "dev_size=100",
+        "search.space.instructions=[none]",
+        "search.space.templates=[default]",
+        "search.space.k_shot=[0,1]",
+        "search.space.demo_selection=[random,balanced]",
+        "search.space.demo_order=[selected,reversed]",
+        "search.n_trials=10",
+        "search.pruner=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    trials = finished_trials(run_dir)
+    assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
+    first_of: dict[tuple, object] = {}  # the prompt a trial renders: k, and the demo settings that apply
+    for t in trials:
+        k = t.params["k_shot"]
+        demo_settings = ["demo_selection", "demo_order"][: min(k, 2)]
+        assert set(t.params) == {"instruction", "template", "verbalizer", "k_shot", *demo_settings}, t.params
+        prompt = (k, t.params.get("demo_selection") if k > 0 else None)
+        first = first_of.setdefault(prompt, t)
+        attrs = t.user_attrs
+        if first is t:
+            assert "duplicate_of" not in attrs and attrs["examples_scored"] + attrs["cache_hits"] == 100, attrs
+        else:
+            assert attrs["duplicate_of"] == first.number and t.values == first.values
+            assert attrs["examples_scored"] == attrs["cache_hits"] == 0 and attrs["dev_examples"] == 100
+    record = read_results(run_dir)
+    assert record["search"]["trials"]["duplicates"] == 10 - len(first_of) > 0
+    test_n, scored = len(record["splits"]["test_ids"]), record["cost"]["examples_scored"]
+    assert f"| prompt_search | test n={test_n} | scored {scored} | acc=" in proc.stdout, proc.stdout[-2000:]

@@ -98,10 +98,13 @@ class TrialLogger:
         attrs = trial.user_attrs
         value = attrs.get(f"dev_{self.metric}")
         shown = f"{value:.4f}" if value is not None else "-"
+        if "duplicate_of" in attrs:
+            cost = f"same prompts as trial {attrs['duplicate_of']}, not scored again"
+        else:
+            cost = f"scored {attrs.get('examples_scored', 0)}, cache hits {attrs.get('cache_hits', 0)}"
         print(
             f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
-            f"{attrs.get('dev_examples', 0)} examples (scored {attrs.get('examples_scored', 0)}, cache hits "
-            f"{attrs.get('cache_hits', 0)}) {trial.params}",
+            f"{attrs.get('dev_examples', 0)} examples ({cost}) {trial.params}",
             flush=True,
         )
         if self.wandb_run is not None:
