@@ -196,7 +196,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     import optuna
 
     from ..prompts import chat_tokenizer, minilm_embedder
-    from .outputs import TrialLogger, write_outputs
+    from .outputs import TrialLogger, plot_about, write_outputs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
@@ -247,7 +247,8 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     dev_metrics = task.hook.score(final["dev"])
-    files = write_outputs(study, run_dir, best, cand, final["dev_prompt"], final["dev"][0], s.objectives)
+    about = plot_about(run, len(splits.dev))
+    files = write_outputs(study, run_dir, best, cand, final["dev_prompt"], final["dev"][0], s.objectives, about)
     return {
         "metrics": task.hook.score(final["test"]),
         "dev_metrics": dev_metrics,
