@@ -112,11 +112,17 @@ def plot_png(study: Any, name: str, path: Path, objectives: list[str], about: st
 
 class TrialLogger:
     """Optuna callback: one line per finished trial on stdout, and the trial's numbers in W&B when
-    ``logger=wandb`` (a run named ``<run dir>-trials``, offline by default)."""
+    ``logger=wandb`` (a run named ``<run dir>-trials``, offline by default) or in TensorBoard when
+    ``logger=tensorboard`` (``<run dir>/tensorboard/trials``, the trial number as the step)."""
 
     def __init__(self, run: RunConfig, run_dir: Path):
         self.metric = run.search.objectives[0]
         self.wandb_run = None
+        self.tensorboard = None
+        if run.logger.name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard" / "trials"))
         if run.logger.name == "wandb":
             import wandb
 
@@ -146,16 +152,22 @@ class TrialLogger:
             f"{attrs.get('dev_examples', 0)} examples ({cost}) {trial.params}",
             flush=True,
         )
+        numbers = {f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float)) and k != "duplicate_of"}
         if self.wandb_run is not None:
             self.wandb_run.log(
                 {
                     "trial": trial.number,
                     "state": trial.state.name,
-                    **{f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float))},
+                    **numbers,
                     **{f"param/{k}": v for k, v in trial.params.items()},
                 }
             )
+        if self.tensorboard is not None:
+            for name, number in numbers.items():
+                self.tensorboard.add_scalar(name, number, trial.number)
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
