@@ -54,7 +54,7 @@ class PromptSpace:
     ...                   instructions=["Answer."])
     >>> space = PromptSpace.from_config(SearchSpaceConfig(k_shot=[0, 2]), task)
     >>> space.instructions, space.verbalizers, space.size
-    (['none', 'Answer.'], {'task': ['no', 'yes']}, 4)
+    (['none', 'Answer.'], {'task': ['no', 'yes']}, 24)
     """
 
     instructions: list[str]
