@@ -124,6 +124,19 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     return record
 
 
+def summary_line(record: dict[str, Any]) -> str:
+    """The run's last result line: the metrics, over ``test n`` examples, and how many examples the model
+    ``scored`` to get them (prompt search: its dev trials too; examples answered by a cache are not scored).
+
+    >>> summary_line({"task": "t", "model": "m", "method": "evaluate", "metrics": {"acc": 0.5},
+    ...               "predictions": [{}, {}], "cost": {"examples_scored": 2}})
+    't | m | evaluate | test n=2 | scored 2 | acc=0.5000'
+    """
+    shown = " ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items())
+    n, scored = len(record["predictions"]), record.get("cost", {}).get("examples_scored", 0)
+    return f"{record['task']} | {record['model']} | {record['method']} | test n={n} | scored {scored} | {shown}"
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -135,10 +148,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if multirun:
             raise  # Hydra records the failed job, the sweep goes on, and the error is reported at the end
         raise SystemExit(2) from None
-    metrics = record["metrics"]
-    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    n = len(record["predictions"])
-    print(f"{record['task']} | {record['model']} | {record['method']} | n={n} | {shown}")
+    print(summary_line(record))
     print(f"run dir: {run_dir}")
     # What a Hydra sweeper optimises: the run's dev objective, never a metric of the reported test rows.
     return record.get("objective")

@@ -1,6 +1,7 @@
-"""Experiment loggers: ``logger=csv`` (metrics.csv in the run directory), ``logger=wandb`` (offline by
-default, so it needs no account and no network) or ``logger=none``. Each sees the same numbers as
-results.json, with credential-like config values redacted."""
+"""Experiment loggers: ``logger=csv`` (metrics.csv in the run directory), ``logger=tensorboard`` (event
+files in ``<run dir>/tensorboard/summary``), ``logger=wandb`` (offline by default, so it needs no account
+and no network) or ``logger=none``. Each sees the same numbers as results.json, with credential-like
+config values redacted."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from .results import redact
 def log_run(cfg: LoggerConfig, run_dir: Path, result: dict[str, Any]) -> None:
     if cfg.name == "csv":
         _log_csv(run_dir / "metrics.csv", result)
+    elif cfg.name == "tensorboard":
+        _log_tensorboard(run_dir / "tensorboard" / "summary", result)
     elif cfg.name == "wandb":
         _log_wandb(cfg, run_dir, result)
 
@@ -40,6 +43,21 @@ def _log_csv(path: Path, result: dict[str, Any]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
+
+
+def _log_tensorboard(folder: Path, result: dict[str, Any]) -> None:
+    """The numbers of :func:`summary` as scalars at step 0, and which run they belong to as text."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for name, value in summary(result).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(name, value, 0)
+        run = {k: result[k] for k in ("task", "model", "method", "seed", "status")}
+        writer.add_text("run", " | ".join(f"{k}={v}" for k, v in run.items()), 0)
+    finally:
+        writer.close()
 
 
 def _log_wandb(cfg: LoggerConfig, run_dir: Path, result: dict[str, Any]) -> None:

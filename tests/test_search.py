@@ -334,3 +334,80 @@ def test_space_dimensions_take_the_sweep_syntax_of_every_search_space():
     assert space.k_shot == [0, 1, 2] and space.templates == ["default", "question"]
     with pytest.raises(ConfigError, match="prompt dimensions are categorical"):
         compose(["method=prompt_search", 'search.space.k_shot="interval(0,3)"'])
+
+
+def test_demo_settings_are_asked_only_when_they_matter_and_no_prompt_set_is_scored_twice(tmp_path):
+    """k_shot=0 has no demos to select or order and one demo has no order, so those trials do not ask for
+    them; a trial whose rendered prompts equal an earlier trial's takes that trial's value, scoring nothing."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "method=prompt_search",
+        "search=tpe",
+        "dev_size=100",
+        "search.space.instructions=[none]",
+        "search.space.templates=[default]",
+        "search.space.k_shot=[0,1]",
+        "search.space.demo_selection=[random,balanced]",
+        "search.space.demo_order=[selected,reversed]",
+        "search.n_trials=10",
+        "search.pruner=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    trials = finished_trials(run_dir)
+    assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
+    first_of: dict[tuple, object] = {}  # the prompt a trial renders: k, and the demo settings that apply
+    for t in trials:
+        k = t.params["k_shot"]
+        demo_settings = ["demo_selection", "demo_order"][: min(k, 2)]
+        assert set(t.params) == {"instruction", "template", "verbalizer", "k_shot", *demo_settings}, t.params
+        prompt = (k, t.params.get("demo_selection") if k > 0 else None)
+        first = first_of.setdefault(prompt, t)
+        attrs = t.user_attrs
+        if first is t:
+            assert "duplicate_of" not in attrs and attrs["examples_scored"] + attrs["cache_hits"] == 100, attrs
+        else:
+            assert attrs["duplicate_of"] == first.number and t.values == first.values
+            assert attrs["examples_scored"] == attrs["cache_hits"] == 0 and attrs["dev_examples"] == 100
+    record = read_results(run_dir)
+    assert record["search"]["trials"]["duplicates"] == 10 - len(first_of) > 0
+    test_n, scored = len(record["splits"]["test_ids"]), record["cost"]["examples_scored"]
+    assert f"| prompt_search | test n={test_n} | scored {scored} | acc=" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_search_plots_name_task_model_split_sampler_and_dev_axes():
+    """The figures as drawn (before saving): titled with what was searched, axes saying they show dev values."""
+    import optuna
+
+    from autoglm_bench.search.outputs import plot_about, plot_figure
+    from autoglm_bench.search.space import PromptSpace
+    from autoglm_bench.tasks import load_task
+
+    run = compose(["method=prompt_search", "search=nsga2", "search.space.k_shot=[0,1,2]"])
+    space = PromptSpace.from_config(run.search.space, load_task(run.task, None).cfg)
+    about = plot_about(run, 100)
+    single, double = optuna.create_study(direction="maximize"), optuna.create_study(directions=["maximize", "minimize"])
+    for i in range(6):  # real trials of the real space, with made-up dev values
+        for study, values in ((single, [i / 10]), (double, [i / 10, 50.0 - i])):
+            trial = study.ask()
+            space.suggest(trial)
+            study.tell(trial, values)
+    figures = {
+        name: plot_figure(study, name, objectives, about)
+        for name, study, objectives in (
+            ("optimization_history", single, ["acc"]),
+            ("param_importances", single, ["acc"]),
+            ("pareto_front", double, ["acc", "prompt_tokens"]),
+        )
+    }
+    for name, figure in figures.items():
+        ax = figure.axes[0]
+        title = " ".join(ax.get_title(loc) for loc in ("left", "center", "right"))
+        for part in ("toy_sentiment", "tiny_glm", "dev split (100 rows)", "nsga2 sampler"):
+            assert part in title, (name, title)
+    history, importances, pareto = (
+        figures[n].axes[0] for n in ("optimization_history", "param_importances", "pareto_front")
+    )
+    assert history.get_ylabel() == "dev acc" and history.get_xlabel() == "trial"
+    assert importances.get_xlabel() == "importance for dev acc"
+    assert (pareto.get_xlabel(), pareto.get_ylabel()) == ("dev acc", "mean prompt tokens (dev)")

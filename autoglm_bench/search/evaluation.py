@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,13 @@ class Evaluator:
         """Mean length in tokens of the model input (the second objective for nsga2)."""
         ids = self.lm.tokenizer(self.contexts(examples), add_special_tokens=False)["input_ids"]
         return sum(map(len, ids)) / max(1, len(ids))
+
+    def prompt_set_key(self, examples: list[Example]) -> str:
+        """A digest of exactly what scoring ``examples`` asks of the model (each example's id, context and
+        continuations): candidates with the same digest get the same scores."""
+        requests = choice_requests(self.task.cfg, self.contexts(examples), examples, self.base_prompt.chat_template)
+        payload = json.dumps([[ex.id, ctx, conts] for (ctx, conts), ex in zip(requests, examples)])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def score(self, examples: list[Example]) -> list[list[float]]:
         """Choice log-likelihoods of each example, from the cache where possible."""

@@ -11,13 +11,35 @@ from typing import Any
 from ..config import RunConfig
 from .space import Candidate
 
-PLOT_NAMES = ("optimization_history", "param_importances", "pareto_front")
+PLOT_TITLES = {
+    "optimization_history": "Optimization history",
+    "param_importances": "Prompt parameter importances",
+    "pareto_front": "Pareto front",
+}
+
+
+def plot_about(run: RunConfig, n_dev: int) -> str:
+    """What a search's plots show, for their titles: task, model, the split the values come from, sampler.
+
+    >>> from autoglm_bench.config import compose
+    >>> plot_about(compose(["method=prompt_search", "search=tpe"]), 100)
+    'toy_sentiment | tiny_glm | dev split (100 rows) | tpe sampler'
+    """
+    return f"{run.task.name} | {run.model.name} | dev split ({n_dev} rows) | {run.search.sampler} sampler"
 
 
 def write_outputs(
-    study: Any, run_dir: Path, best: Any, cand: Candidate, prompt: str, example: dict[str, Any], objectives: list[str]
+    study: Any,
+    run_dir: Path,
+    best: Any,
+    cand: Candidate,
+    prompt: str,
+    example: dict[str, Any],
+    objectives: list[str],
+    about: str,
 ) -> dict[str, Any]:
-    """Write the best prompt, the trials CSV and the plots; returns ``{"files": [...], "plots_skipped": {...}}``."""
+    """Write the best prompt, the trials CSV and the plots (titled with ``about``, see :func:`plot_about`);
+    returns ``{"files": [...], "plots_skipped": {...}}``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     values = ", ".join(f"{name}={v:.4f}" for name, v in zip(objectives, best.values))
     choices = "\n".join(f"  [{i}] {c!r}" for i, c in enumerate(example["choices"]))
@@ -32,11 +54,11 @@ def write_outputs(
     )
     files = ["best_prompt.txt", "trials.csv"]
     skipped = {}
-    for name in PLOT_NAMES:
+    for name in PLOT_TITLES:
         if (name == "pareto_front") != (len(objectives) == 2):
             continue
         try:
-            plot_png(study, name, run_dir / f"{name}.png", objectives)
+            plot_png(study, name, run_dir / f"{name}.png", objectives, about)
             files.append(f"{name}.png")
         except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials that differ
             skipped[name] = f"{type(exc).__name__}: {exc}"
@@ -44,40 +66,63 @@ def write_outputs(
     return {"files": files, "plots_skipped": skipped}
 
 
-def plot_png(study: Any, name: str, path: Path, objectives: list[str]) -> None:
-    """Render one of Optuna's matplotlib plots to ``path``."""
+def dev_label(objective: str) -> str:
+    """An axis label for a search objective: the search only ever sees dev-split values."""
+    return "mean prompt tokens (dev)" if objective == "prompt_tokens" else f"dev {objective}"
+
+
+def plot_figure(study: Any, name: str, objectives: list[str], about: str) -> Any:
+    """One of Optuna's matplotlib plots as a figure, titled with its name and ``about``, its axes named for
+    what they show (``dev acc``, not ``Objective Value``)."""
     import warnings
 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    first = (
-        {"target": lambda t: t.values[0], "target_name": objectives[0]}
-        if len(objectives) > 1
-        else {"target_name": objectives[0]}
-    )
+    labels = [dev_label(o) for o in objectives]
+    first: dict[str, Any] = {"target_name": labels[0]}
+    if len(objectives) > 1:
+        first["target"] = lambda t: t.values[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         if name == "optimization_history":
             ax = vis.plot_optimization_history(study, **first)
+            ax.set_xlabel("trial")
         elif name == "param_importances":
             ax = vis.plot_param_importances(study, **first)
+            ax.set_xlabel(f"importance for {labels[0]}")
+            ax.set_ylabel("prompt parameter")
         else:
-            ax = vis.plot_pareto_front(study, target_names=list(objectives))
-    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
+            ax = vis.plot_pareto_front(study, target_names=labels)
+    ax.set_title("")  # Optuna's own title, centred or on the left, gives way to ours
+    ax.set_title(f"{PLOT_TITLES[name]}\n{about}", loc="left")
+    return ax.figure
+
+
+def plot_png(study: Any, name: str, path: Path, objectives: list[str], about: str) -> None:
+    """Render :func:`plot_figure` to ``path``."""
+    import matplotlib.pyplot as plt
+
+    figure = plot_figure(study, name, objectives, about)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
 
 
 class TrialLogger:
     """Optuna callback: one line per finished trial on stdout, and the trial's numbers in W&B when
-    ``logger=wandb`` (a run named ``<run dir>-trials``, offline by default)."""
+    ``logger=wandb`` (a run named ``<run dir>-trials``, offline by default) or in TensorBoard when
+    ``logger=tensorboard`` (``<run dir>/tensorboard/trials``, the trial number as the step)."""
 
     def __init__(self, run: RunConfig, run_dir: Path):
         self.metric = run.search.objectives[0]
         self.wandb_run = None
+        self.tensorboard = None
+        if run.logger.name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard" / "trials"))
         if run.logger.name == "wandb":
             import wandb
 
@@ -98,22 +143,31 @@ class TrialLogger:
         attrs = trial.user_attrs
         value = attrs.get(f"dev_{self.metric}")
         shown = f"{value:.4f}" if value is not None else "-"
+        if "duplicate_of" in attrs:
+            cost = f"same prompts as trial {attrs['duplicate_of']}, not scored again"
+        else:
+            cost = f"scored {attrs.get('examples_scored', 0)}, cache hits {attrs.get('cache_hits', 0)}"
         print(
             f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
-            f"{attrs.get('dev_examples', 0)} examples (scored {attrs.get('examples_scored', 0)}, cache hits "
-            f"{attrs.get('cache_hits', 0)}) {trial.params}",
+            f"{attrs.get('dev_examples', 0)} examples ({cost}) {trial.params}",
             flush=True,
         )
+        numbers = {f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float)) and k != "duplicate_of"}
         if self.wandb_run is not None:
             self.wandb_run.log(
                 {
                     "trial": trial.number,
                     "state": trial.state.name,
-                    **{f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float))},
+                    **numbers,
                     **{f"param/{k}": v for k, v in trial.params.items()},
                 }
             )
+        if self.tensorboard is not None:
+            for name, number in numbers.items():
+                self.tensorboard.add_scalar(name, number, trial.number)
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()

@@ -1,8 +1,10 @@
 """The prompt search space, built from ``search.space`` and the task, and one trial's prompt.
 
-Every dimension is categorical, so the same space serves TPE, random, GP, NSGA-II and the exhaustive
-grid. All six parameters are suggested in every trial (even demo settings when k=0): the grid stays a
-plain product, and the duplicate prompts this creates cost nothing because the cache answers them.
+Every dimension is categorical. The space is conditional (define-by-run): a trial asks for the demo
+selection only when ``k_shot > 0`` and for the demo order only when ``k_shot > 1`` (one demo has no
+order), so TPE, random, GP and NSGA-II do not spend trials on settings that cannot change the prompt.
+The grid sampler needs a fixed product, so under ``search.sampler=grid`` every trial asks for all six;
+the equivalent prompts that creates are not scored again (see :mod:`autoglm_bench.search.study`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from ..config import ConfigError, PromptConfig, SearchSpaceConfig, TaskConfig
 
 NO_INSTRUCTION = "none"
+SHAPE = ("instruction", "template", "verbalizer", "k_shot")  # asked in every trial; demo settings as needed
 PROPOSED = "proposed"  # the instruction is written by the proposer model for this trial
 
 
@@ -51,7 +54,7 @@ class PromptSpace:
     ...                   instructions=["Answer."])
     >>> space = PromptSpace.from_config(SearchSpaceConfig(k_shot=[0, 2]), task)
     >>> space.instructions, space.verbalizers, space.size
-    (['none', 'Answer.'], {'task': ['no', 'yes']}, 4)
+    (['none', 'Answer.'], {'task': ['no', 'yes']}, 24)
     """
 
     instructions: list[str]
@@ -93,9 +96,15 @@ class PromptSpace:
             n *= len(choices)
         return n
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        """Ask an Optuna trial for one value of each dimension."""
-        return {name: trial.suggest_categorical(name, choices) for name, choices in self.grid().items()}
+    def suggest(self, trial: Any, static: bool = False) -> dict[str, Any]:
+        """Ask an Optuna trial for the values that shape its prompt: the demo selection only when
+        ``k_shot > 0``, the demo order only when ``k_shot > 1``; every dimension when ``static`` (grid)."""
+        grid = self.grid()
+        params = {name: trial.suggest_categorical(name, grid[name]) for name in SHAPE}
+        for name, needs in (("demo_selection", 1), ("demo_order", 2)):
+            if static or int(params["k_shot"]) >= needs:
+                params[name] = trial.suggest_categorical(name, grid[name])
+        return params
 
     def check(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` unchanged if every value is one of its dimension's choices, else a :class:`ConfigError`."""
@@ -111,7 +120,8 @@ class PromptSpace:
 
 
 def candidate_from_params(params: dict[str, Any], instruction_text: str | None = None) -> Candidate:
-    """The :class:`Candidate` for a trial's params; ``instruction_text`` replaces ``proposed``."""
+    """The :class:`Candidate` for a trial's params; ``instruction_text`` replaces ``proposed``. A demo
+    setting the trial did not ask for (it cannot matter) takes :class:`PromptConfig`'s default."""
     instruction = params["instruction"]
     if instruction == PROPOSED:
         instruction = instruction_text or ""
@@ -122,6 +132,6 @@ def candidate_from_params(params: dict[str, Any], instruction_text: str | None =
         template=params["template"],
         verbalizer=params["verbalizer"],
         k_shot=int(params["k_shot"]),
-        demo_selection=params["demo_selection"],
-        demo_order=params["demo_order"],
+        demo_selection=params.get("demo_selection", PromptConfig.demo_selection),
+        demo_order=params.get("demo_order", PromptConfig.demo_order),
     )

@@ -5,7 +5,10 @@ A trial renders its candidate on the dev rows and scores them in growing minibat
 all of dev). After each minibatch it reports to the pruner: for ``wilcoxon`` every example's 0/1
 score with the example's position as the step (the pruner pairs examples with the best trial's), for
 ``successive_halving``/``hyperband`` the running accuracy with the number of examples as the step.
-A pruned trial stops there; only complete trials (scored on all of dev) can become the best.
+A pruned trial stops there; only complete trials (scored on all of dev) can become the best. A trial
+whose rendered dev prompts are exactly those of an earlier complete trial (``prompt_set``, a digest of
+every request) is not scored: it takes that trial's values and intermediate reports, and records
+``duplicate_of``.
 
 Sampler, pruner, storage and the resume policy are the shared ones of :mod:`autoglm_bench.studies`:
 an RDB URL (default ``sqlite:///<run_dir>/study.db``) with heartbeats; a trial whose process died goes
@@ -90,7 +93,7 @@ class Objective:
         self.metric = run.search.objectives[0]
 
     def candidate(self, trial: Any) -> Candidate:
-        params = self.space.suggest(trial)
+        params = self.space.suggest(trial, static=self.run.search.sampler == "grid")
         text = trial.user_attrs.get("instruction") if params["instruction"] == PROPOSED else None
         if params["instruction"] == PROPOSED and text is None:
             prompt = meta_prompt(
@@ -109,6 +112,11 @@ class Objective:
 
         cand = self.candidate(trial)
         examples = self.evaluator.render(cand, self.splits.dev)
+        key = self.evaluator.prompt_set_key(examples)
+        trial.set_user_attr("prompt_set", key)
+        earlier = same_prompt_set(trial, key)
+        if earlier is not None:
+            return reuse(trial, earlier)
         scored, hits = self.evaluator.scored, self.evaluator.hits
         correct: list[float] = []
         pruner = self.run.search.pruner
@@ -133,6 +141,28 @@ class Objective:
             trial.set_user_attr("prompt_tokens", tokens)
             return accuracy, tokens
         return accuracy
+
+
+def same_prompt_set(trial: Any, key: str) -> Any:
+    """The first complete trial of the study that scored the prompt set ``key``, or None."""
+    import optuna
+
+    complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return next((t for t in complete if t.user_attrs.get("prompt_set") == key), None)
+
+
+def reuse(trial: Any, earlier: Any) -> float | tuple[float, ...]:
+    """Give ``trial`` the results of ``earlier``, which scored the same prompts: its values, its reports
+    (so pruners and plots see the same curve) and its dev attributes, with nothing scored."""
+    for step, value in sorted(earlier.intermediate_values.items()):
+        trial.report(value, step)
+    for name, value in earlier.user_attrs.items():
+        if name.startswith("dev_") or name == "prompt_tokens":
+            trial.set_user_attr(name, value)
+    trial.set_user_attr("examples_scored", 0)
+    trial.set_user_attr("cache_hits", 0)
+    trial.set_user_attr("duplicate_of", earlier.number)
+    return earlier.values[0] if len(earlier.values) == 1 else tuple(earlier.values)
 
 
 def best_trial(study: Any) -> Any:
@@ -166,7 +196,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     import optuna
 
     from ..prompts import chat_tokenizer, minilm_embedder
-    from .outputs import TrialLogger, write_outputs
+    from .outputs import TrialLogger, plot_about, write_outputs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
@@ -217,7 +247,8 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     dev_metrics = task.hook.score(final["dev"])
-    files = write_outputs(study, run_dir, best, cand, final["dev_prompt"], final["dev"][0], s.objectives)
+    about = plot_about(run, len(splits.dev))
+    files = write_outputs(study, run_dir, best, cand, final["dev_prompt"], final["dev"][0], s.objectives, about)
     return {
         "metrics": task.hook.score(final["test"]),
         "dev_metrics": dev_metrics,
@@ -253,6 +284,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
                 "finished": len(finished(trials)),
                 "complete": states.count("COMPLETE"),
                 "pruned": states.count("PRUNED"),
+                "duplicates": sum("duplicate_of" in t.user_attrs for t in trials),
                 "failed": states.count("FAIL"),
                 "finished_before_this_run": finished_before,
             },

@@ -245,11 +245,17 @@ def build_trainer(
 
 
 def lightning_logger(run: RunConfig, run_dir: Path) -> Any:
-    """Lightning's CSVLogger or WandbLogger (offline unless logger.mode says otherwise), or none."""
+    """Lightning's CSVLogger, TensorBoardLogger (``<run>/tensorboard/train``) or WandbLogger (offline unless
+    logger.mode says otherwise), or none."""
     if run.logger.name == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(run_dir), name="lightning_logs")
+    if run.logger.name == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        # no default hp_metric: it would log a placeholder -1 that no run measured
+        return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="train", default_hp_metric=False)
     if run.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
