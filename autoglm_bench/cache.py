@@ -75,9 +75,6 @@ class RequestCache:
         )
         self.conn.commit()
 
-    def __len__(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-
     def close(self) -> None:
         self.conn.close()
 

@@ -26,9 +26,9 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
     splits = split_task(task, run.split_seed, run.dev_size, run.limit)
     examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed)
     dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed) if score_dev else []
+    cache = open_cache(run.method)
     lm = load_model(run.model)
     chat = chat_tokenizer(run.prompt, lm.tokenizer)
-    cache = open_cache(run.method)
     load_s = time.perf_counter() - start
 
     predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat, cache)

@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from autoglm_bench.config import ModelConfig, compose
+import pytest
+
+from autoglm_bench.config import ConfigError, ModelConfig, compose
 from autoglm_bench.evaluate import run_evaluate
 from autoglm_bench.models import load_model, model_fingerprint
 
@@ -139,3 +141,11 @@ def test_fingerprint_follows_every_shard_and_tokenizer_file_and_not_the_location
     seen.add(fingerprint(copy))
     assert len(seen) == 4
     assert fingerprint(folder) == base
+
+
+def test_unusable_cache_path_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "cache.sqlite"  # under a regular file
+    with pytest.raises(ConfigError) as info:
+        run_evaluate(compose(["+experiment=quickstart", "limit=2", f"method.cache_path={bad}"]), score_dev=False)
+    assert f"method.cache_path={str(bad)!r} cannot be opened" in str(info.value) and "\n" not in str(info.value)

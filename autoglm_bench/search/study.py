@@ -176,7 +176,9 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     lm = load_model(run.model)
     chat_tokenizer(run.prompt, lm.tokenizer)  # fails early for a model without a chat template
     needs_embeddings = "nearest" in space.demo_selection and max(space.k_shot) > 0
-    cache = open_cache(run.method) or RequestCache(":memory:")  # cache=false: still nothing scored twice in a run
+    cache = open_cache(run.method)
+    if cache is None:  # method.cache=false: kept in memory, so a run still scores no request twice
+        cache = RequestCache(":memory:")
     evaluator = Evaluator(
         task=task,
         lm=lm,
