@@ -131,6 +131,9 @@ class MethodConfig:
     name: str = "evaluate"
     batch_size: int = 16  # evaluate: scoring batch; finetune: per-device training micro-batch
     scorer: str = "batched"
+    # evaluate, prompt_search: the request cache (SQLite; autoglm_bench/cache.py), shared by runs and trials
+    cache: bool = True
+    cache_path: str | None = None  # null: <AUTOGLM_CACHE_DIR>/eval_cache.sqlite
     # finetune only (see autoglm_bench/train/data.py for how rows are chosen):
     train_size: int | None = None  # training rows (the first of the train part, in split_seed order); null = all
     score_dev: bool | None = None  # evaluate: also score the dev rows (the sweeper objective); null: in a multirun
@@ -222,7 +225,6 @@ class SearchConfig:
     demo_pool: int = 1000  # train rows (seeded sample) that demos are drawn from
     n_startup_trials: int = 5  # tpe, gp: random trials before the model-based sampler takes over
     population_size: int = 10  # nsga2
-    cache_path: str | None = None  # evaluation cache (SQLite); null: <AUTOGLM_CACHE_DIR>/eval_cache.sqlite
     heartbeat_s: int = 10  # a trial silent for 2x this long (a killed run) is failed and retried on resume
     # prompts to try first, each {parameter: value} (e.g. {verbalizer: task, k_shot: 0}); unnamed ones are sampled
     enqueue: list[dict[str, Any]] = field(default_factory=list)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .cache import RequestCache, cached_generate_until, cached_loglikelihood, open_cache
 from .config import MethodConfig, RunConfig, objective_of, resolve_data_dir
 from .models import LoadedModel, load_model
 from .prompts import Example, chat_tokenizer, choice_requests, prompt_text, render_examples
-from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_naive
+from .scoring import ScoreStats
 from .splits import split_task
 from .tasks import Task, choice_prediction, extract_answer, load_task
 
@@ -25,15 +26,16 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
     splits = split_task(task, run.split_seed, run.dev_size, run.limit)
     examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed)
     dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed) if score_dev else []
+    cache = open_cache(run.method)
     lm = load_model(run.model)
     chat = chat_tokenizer(run.prompt, lm.tokenizer)
     load_s = time.perf_counter() - start
 
-    predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat)
+    predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat, cache)
     dev_metrics: dict[str, float] = {}
     dev_predictions: list[dict[str, Any]] = []
     if dev_examples:
-        dev_predictions, dev_stats, _ = score_examples(lm, task, dev_examples, run.method, chat)
+        dev_predictions, dev_stats, _ = score_examples(lm, task, dev_examples, run.method, chat, cache)
         dev_metrics = task.hook.score(dev_predictions)
         stats = stats + dev_stats
     return {
@@ -44,16 +46,27 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
         "dev_predictions": dev_predictions,
         "splits": splits.record(),
         "timings": {"load_s": load_s, "eval_s": stats.seconds, "train_s": None, "tokens_per_s": stats.tokens_per_s},
-        "cost": {"examples_scored": stats.examples, "tokens_processed": stats.tokens},
+        "cost": {
+            "examples_scored": stats.examples,
+            "cache_hits": len(examples) + len(dev_examples) - stats.examples,
+            "examples_requested": len(examples) + len(dev_examples),
+            "tokens_processed": stats.tokens,
+        },
         "device": lm.device,
         "prompt_example": contexts[0] if contexts else None,
     }
 
 
 def score_examples(
-    lm: LoadedModel, task: Task, examples: list[Example], method: MethodConfig, chat_tokenizer: Any = None
+    lm: LoadedModel,
+    task: Task,
+    examples: list[Example],
+    method: MethodConfig,
+    chat_tokenizer: Any = None,
+    cache: RequestCache | None = None,
 ) -> tuple[list[dict[str, Any]], ScoreStats, list[str]]:
-    """Score rendered examples with the core scorer: (per-example predictions, cost, model inputs).
+    """Score rendered examples with the core scorer through the request ``cache`` (None: nothing stored):
+    (per-example predictions, cost of what was actually scored, model inputs).
 
     Multiple choice: log-likelihood of each choice after its context (``method.scorer``: batched or
     naive); generation: greedy generation, answer extracted as the task defines. ``chat_tokenizer``
@@ -63,14 +76,11 @@ def score_examples(
     batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
         requests = choice_requests(task.cfg, contexts, examples, chat=chat_tokenizer is not None)
-        if method.scorer == "naive":
-            lls, stats = loglikelihood_naive(lm, requests)
-        else:
-            lls, stats = loglikelihood(lm, requests, batch_size=batch_size)
+        lls, stats = cached_loglikelihood(lm, requests, cache, batch_size, method.scorer)
         predictions = choice_predictions(examples, lls)
     else:
         gen = task.cfg.generation
-        outputs, stats = generate_until(lm, contexts, gen.until, gen.max_new_tokens, batch_size=batch_size)
+        outputs, stats = cached_generate_until(lm, contexts, gen.until, gen.max_new_tokens, cache, batch_size)
         predictions = [
             {"id": ex.id, "target": ex.target, "prediction": extract_answer(task.cfg, out), "output": out}
             for ex, out in zip(examples, outputs)

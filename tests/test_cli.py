@@ -13,14 +13,17 @@ from .conftest import read_results, run_cli
 
 def test_quickstart_writes_a_complete_result(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("+experiment=quickstart", f"hydra.run.dir={run_dir}")
+    proc = run_cli("+experiment=quickstart", f"hydra.run.dir={run_dir}", f"method.cache_path={tmp_path / 'c.sqlite'}")
     assert proc.returncode == 0, proc.stderr
     assert "acc=" in proc.stdout and f"run dir: {run_dir}" in proc.stdout
     result = read_results(run_dir)
     assert set(RESULT_FIELDS) <= set(result)
     assert result["schema"] == 1 and result["status"] == "completed"
     assert result["task"] == "toy_sentiment" and result["model"] == "tiny_glm" and result["method"] == "evaluate"
-    assert len(result["predictions"]) == 200 == result["cost"]["examples_scored"]
+    cost = result["cost"]  # a fresh cache: only rows repeating an earlier row's prompt are not scored
+    assert len(result["predictions"]) == 200 == cost["examples_requested"]
+    assert cost["examples_scored"] + cost["cache_hits"] == 200
+    assert cost["examples_scored"] == len({(p["scores"][0], p["scores"][1]) for p in result["predictions"]}) > 100
     assert {"id", "prediction", "target", "scores"} <= set(result["predictions"][0])
     acc = sum(p["prediction"] == p["target"] for p in result["predictions"]) / 200
     assert result["metrics"]["acc"] == pytest.approx(acc)  # the metric is what the predictions say

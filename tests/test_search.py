@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_bench.cache import RequestCache
 from autoglm_bench.config import ConfigError, compose
-from autoglm_bench.search.cache import EvalCache
 from autoglm_bench.search.evaluation import minibatch_ends
 
 from .conftest import REPO, cli_env, read_results
@@ -64,19 +64,22 @@ def test_minibatches_double_up_to_all_of_dev():
     assert minibatch_ends(20, 32) == [20]
 
 
-def test_cache_keys_cover_model_prompt_choices_and_example(tmp_path):
-    cache = EvalCache(tmp_path / "c.sqlite")
-    key = EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-1")
+def test_cache_keys_cover_model_and_the_exact_request(tmp_path):
+    cache = RequestCache(tmp_path / "c.sqlite")
+    request = ["loglikelihood", "batched", "Review: x\nSentiment:", [" negative", " positive"]]
+    key = RequestCache.key("fp", request)
     others = [
-        EvalCache.key("fp2", "Review: x\nSentiment:", [" negative", " positive"], "validation-1"),
-        EvalCache.key("fp", "Review: y\nSentiment:", [" negative", " positive"], "validation-1"),
-        EvalCache.key("fp", "Review: x\nSentiment:", [" bad", " good"], "validation-1"),
-        EvalCache.key("fp", "Review: x\nSentiment:", [" negative", " positive"], "validation-2"),
+        RequestCache.key("fp2", request),
+        RequestCache.key("fp", ["loglikelihood", "naive", *request[2:]]),
+        RequestCache.key("fp", [*request[:2], "Review: y\nSentiment:", request[3]]),
+        RequestCache.key("fp", [*request[:3], [" bad", " good"]]),
+        RequestCache.key("fp", ["generate_until", request[2], ["\n"], 8]),
+        RequestCache.key("fp", ["generate_until", request[2], ["\n"], 9]),
     ]
-    assert len({key, *others}) == 5
-    cache.put([(key, "fp", "validation-1", [-1.5, -0.25])])
+    assert len({key, *others}) == 7
+    cache.put([(key, "fp", [-1.5, -0.25])])
     cache.close()
-    assert EvalCache(tmp_path / "c.sqlite").get([key, *others]) == {key: [-1.5, -0.25]}  # persisted, exact
+    assert RequestCache(tmp_path / "c.sqlite").get([key, *others]) == {key: [-1.5, -0.25]}  # persisted, exact
 
 
 @pytest.mark.parametrize(
@@ -101,7 +104,7 @@ def test_bad_search_config_is_one_line_error(override, message):
 
 
 def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
-    args = [*SMALL, "search.n_trials=4", f"search.cache_path={tmp_path / 'cache.sqlite'}"]
+    args = [*SMALL, "search.n_trials=4", f"method.cache_path={tmp_path / 'cache.sqlite'}"]
     first = run_cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr
     a = read_results(tmp_path / "a")
@@ -154,7 +157,7 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
         "search.n_trials=6",
         "search.heartbeat_s=1",
         "search.pruner=none",
-        f"search.cache_path={tmp_path / 'cache.sqlite'}",
+        f"method.cache_path={tmp_path / 'cache.sqlite'}",
         f"hydra.run.dir={run_dir}",
     ]
     env = cli_env({"PYTHONUNBUFFERED": "1", **ONE_THREAD})

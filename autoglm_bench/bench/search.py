@@ -63,8 +63,8 @@ def run_study(
 
     import optuna
 
+    from autoglm_bench.cache import RequestCache
     from autoglm_bench.evaluate import choice_predictions
-    from autoglm_bench.search.cache import EvalCache
     from autoglm_bench.search.evaluation import Evaluator, demo_pool
     from autoglm_bench.search.space import candidate_from_params
     from autoglm_bench.search.study import Objective, best_trial
@@ -75,7 +75,7 @@ def run_study(
     evaluator = Evaluator(
         task=task,
         lm=lm,
-        cache=EvalCache(":memory:"),
+        cache=RequestCache(":memory:"),
         base_prompt=run.prompt,
         verbalizers=space.verbalizers,
         pool=demo_pool(splits.train, search.demo_pool, run.seed),

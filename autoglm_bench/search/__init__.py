@@ -1,9 +1,8 @@
 """Prompt search (``method=prompt_search``): an Optuna study over instruction, template, verbalizer,
-number of shots, demo selection and demo order, scored on growing dev minibatches through an SQLite
-evaluation cache, with the best prompt finally scored on a held-out test split.
+number of shots, demo selection and demo order, scored on growing dev minibatches through the SQLite
+request cache (:mod:`autoglm_bench.cache`), with the best prompt finally scored on a held-out test split.
 
 - :mod:`.space`: the search space, declared in conf/search/*.yaml, and one trial's prompt (:class:`Candidate`)
-- :mod:`.cache`: the evaluation cache, (model, rendered prompt, example) -> choice log-likelihoods
 - :mod:`.evaluation`: dev/test split, rendering a candidate, scoring it through the cache
 - :mod:`.proposal`: OPRO/APE-style instruction proposal by a language model
 - :mod:`.study`: samplers, pruners, storage and resume, the objective, the method itself

@@ -9,12 +9,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from ..cache import RequestCache, cached_loglikelihood
 from ..config import PromptConfig
 from ..models import LoadedModel
 from ..prompts import Embedder, Example, choice_requests, prompt_text, render_examples
-from ..scoring import loglikelihood
 from ..tasks import Task, choice_prediction
-from .cache import EvalCache
 from .space import Candidate
 
 
@@ -32,7 +31,7 @@ class Evaluator:
 
     task: Task
     lm: LoadedModel
-    cache: EvalCache
+    cache: RequestCache
     base_prompt: PromptConfig
     verbalizers: dict[str, list[str]]
     pool: list[dict[str, Any]]
@@ -69,23 +68,12 @@ class Evaluator:
     def score(self, examples: list[Example]) -> list[list[float]]:
         """Choice log-likelihoods of each example, from the cache where possible."""
         requests = choice_requests(self.task.cfg, self.contexts(examples), examples, self.base_prompt.chat_template)
-        fp = self.lm.fingerprint
-        keys = [EvalCache.key(fp, ctx, conts, ex.id) for (ctx, conts), ex in zip(requests, examples)]
-        found = self.cache.get(keys)
-        unique: dict[str, int] = {}  # each missing key once, even if a call repeats an example
-        for i, k in enumerate(keys):
-            if k not in found:
-                unique.setdefault(k, i)
-        if unique:
-            idx = list(unique.values())
-            lls, stats = loglikelihood(self.lm, [requests[i] for i in idx], batch_size=self.batch_size, progress=False)
-            self.cache.put([(keys[i], fp, examples[i].id, ll) for i, ll in zip(idx, lls)])
-            found.update({keys[i]: ll for i, ll in zip(idx, lls)})
-            self.scored += stats.examples
-            self.tokens += stats.tokens
-            self.seconds += stats.seconds
-        self.hits += len(examples) - len(unique)
-        return [found[k] for k in keys]
+        lls, stats = cached_loglikelihood(self.lm, requests, self.cache, self.batch_size, progress=False)
+        self.scored += stats.examples
+        self.hits += len(examples) - stats.examples
+        self.tokens += stats.tokens
+        self.seconds += stats.seconds
+        return lls
 
 
 def is_correct(metric: str, lls: list[float], example: Example) -> float:

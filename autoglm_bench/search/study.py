@@ -27,13 +27,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..cache import RequestCache, open_cache
 from ..config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
 from ..evaluate import choice_predictions
-from ..models import LoadedModel, cache_dir, load_model
+from ..models import LoadedModel, load_model
 from ..splits import Splits, split_task
 from ..studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
 from ..tasks import load_task
-from .cache import EvalCache
 from .evaluation import Evaluator, demo_pool, is_correct, minibatch_ends
 from .proposal import instruction_history, meta_prompt, propose_instruction
 from .space import PROPOSED, Candidate, PromptSpace, candidate_from_params
@@ -54,9 +54,7 @@ def default_study_name(run: RunConfig, space: PromptSpace) -> str:
         "chat": run.prompt.chat_template,
         "split": [run.split_seed, run.dev_size],
         "search": {
-            k: v
-            for k, v in asdict(s).items()
-            if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "cache_path", "name")
+            k: v for k, v in asdict(s).items() if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "name")
         },
     }
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -208,11 +206,13 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     lm = load_model(run.model)
     chat_tokenizer(run.prompt, lm.tokenizer)  # fails early for a model without a chat template
     needs_embeddings = "nearest" in space.demo_selection and max(space.k_shot) > 0
-    cache_path = s.cache_path or str(cache_dir() / "eval_cache.sqlite")
+    cache = open_cache(run.method)
+    if cache is None:  # method.cache=false: kept in memory, so a run still scores no request twice
+        cache = RequestCache(":memory:")
     evaluator = Evaluator(
         task=task,
         lm=lm,
-        cache=EvalCache(cache_path),
+        cache=cache,
         base_prompt=run.prompt,
         verbalizers=space.verbalizers,
         pool=demo_pool(splits.train, s.demo_pool, run.seed),
@@ -294,7 +294,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
                 "params": best.params,
                 "candidate": asdict(cand),
             },
-            "cache_path": cache_path,
+            "cache_path": None if cache.path == ":memory:" else cache.path,
             "demo_pool_size": len(evaluator.pool),
             "outputs": files,
         },
