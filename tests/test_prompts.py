@@ -30,8 +30,9 @@ def test_few_shot_layout_with_instruction_and_system():
     demos = select_demos(task, run.prompt, seed=0)
     text = prompt_text(task.cfg, ex.messages)
     labels = ["negative", "positive"]
+    # As lm-eval 0.4 lays out plain text: nothing after the system text (ours: the instruction, then \n\n)
     expected = (
-        "Be brief.\n\nClassify it.\n\n"
+        "Be brief.Classify it.\n\n"
         + "".join(f"Review: {d['text']}\nSentiment: {labels[d['label']]}\n\n" for d in demos)
         + f"Review: {task.rows['eval'][0]['text']}\nSentiment:"
     )
