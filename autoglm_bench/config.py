@@ -77,6 +77,9 @@ class TaskConfig:
     choices: list[str] | None = None  # Jinja2 templates, one per answer choice (the verbalizer)
     fewshot_target: str | None = None  # what a demo shows after its context; default: gold choice/target
     description: str | None = None  # Jinja2 text before the demos and the query (lm-eval's description)
+    # fewshot_mode first_n/per_doc: leave the query row itself out of its demos, drawing k + 1 (per_doc), as
+    # lm-eval does unless a task names a fewshot_split other than its test_split (gsm8k)
+    fewshot_drop_query: bool = True
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
     # generation, as lm-eval's regex filter: the match at index answer_select (0 first, -1 last) of

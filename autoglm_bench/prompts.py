@@ -175,9 +175,12 @@ def lmeval_demos(task: Task, prompt: PromptConfig, seed: int, rows: list[dict[st
     """The demos of each row under ``prompt.fewshot_mode`` ``first_n`` or ``per_doc``, drawn as
     lm-evaluation-harness 0.4's ``FirstNSampler`` and ``ContextSampler`` draw them from the train split in
     file order (``task.rows["fewshot"]``): ``per_doc`` takes ``rng.sample(pool, k)`` for each row in turn
-    from one ``random.Random(prompt.fewshot_seed)`` (``seed`` when null). A row of the train split itself
-    (a dev row) never sees itself: it is dropped from the pool (first_n) or from ``k + 1`` samples (per_doc),
-    as lm-eval does when the few-shot split is the evaluated one.
+    from one ``random.Random(prompt.fewshot_seed)`` (``seed`` when null).
+
+    With ``task.fewshot_drop_query`` (lm-eval passes the query as ``eval_doc`` whenever a task's few-shot
+    split equals its test split, which includes every task that names neither) the query row is dropped:
+    from the pool (first_n), or from ``k + 1`` samples (per_doc). A row of the train split itself (a dev
+    row) is always dropped, so it never sees itself.
     """
     k = prompt.k_shot
     pool = task.rows.get("fewshot") or task.rows["train"]
@@ -187,10 +190,10 @@ def lmeval_demos(task: Task, prompt: PromptConfig, seed: int, rows: list[dict[st
     rng = random.Random(seed if prompt.fewshot_seed is None else prompt.fewshot_seed)
     demos = []
     for row in rows:
-        own = row["_id"] in in_pool
+        drop = task.cfg.fewshot_drop_query or row["_id"] in in_pool
         if prompt.fewshot_mode == "first_n":
-            demos.append([d for d in pool if not (own and _same_doc(d, row))][:k])
-        elif not own:
+            demos.append([d for d in pool if not (drop and _same_doc(d, row))][:k])
+        elif not drop:
             demos.append(rng.sample(pool, k))
         else:
             drawn = [d for d in rng.sample(pool, k + 1) if not _same_doc(d, row)][:k]
