@@ -480,6 +480,11 @@ def validate_prompt_search(run: RunConfig) -> None:
     s, sp, t = run.search, run.search.space, run.task
     if t.type != "multiple_choice":
         raise ConfigError(f"method=prompt_search needs a multiple_choice task; {t.name!r} is {t.type}")
+    if run.prompt.fewshot_mode != "fixed":
+        raise ConfigError(
+            f"method=prompt_search searches demo_selection, which needs prompt.fewshot_mode=fixed; "
+            f"got {run.prompt.fewshot_mode}"
+        )
     _one_of("search.sampler", s.sampler, SAMPLERS)
     _one_of("search.pruner", s.pruner, PRUNERS)
     categorical_space(sp)
