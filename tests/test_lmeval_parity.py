@@ -23,13 +23,23 @@ from autoglm_bench.tasks import normalise_answer
 LMEVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 MAX_LENGTH = 2048
 BATCH = 8
-# ours -> (lm-eval's task file, its task name, rows per split file)
+# ours -> (lm-eval's task file, its task name, {its split: (our file under the data folder, rows)}, overrides)
 TASKS = {
-    "sst2": ("glue/sst2/default.yaml", "sst2", {"validation": 24, "train": 60}),
-    "rte": ("super_glue/rte/default.yaml", "sglue_rte", {"validation": 12, "train": 20}),
-    "copa": ("super_glue/copa/default.yaml", "copa", {"validation": 24, "train": 20}),
-    "cb": ("super_glue/cb/default.yaml", "cb", {"validation": 16, "train": 20}),
-    "gsm8k": ("gsm8k/gsm8k.yaml", "gsm8k", {"test": 3, "train": 30}),
+    "sst2": ("glue/sst2/default.yaml", "sst2", {"validation": ("sst2/validation", 24), "train": ("sst2/train", 60)}),
+    "rte": (
+        "super_glue/rte/default.yaml",
+        "sglue_rte",
+        {"validation": ("rte/validation", 12), "train": ("rte/train", 20)},
+    ),
+    "copa": (
+        "super_glue/copa/default.yaml",
+        "copa",
+        {"validation": ("copa/validation", 24), "train": ("copa/train", 20)},
+    ),
+    "cb": ("super_glue/cb/default.yaml", "cb", {"validation": ("cb/validation", 16), "train": ("cb/train", 20)}),
+    "boolq": ("super_glue/boolq/default.yaml", "boolq", {"validation": ("boolq/validation", 8)}),
+    "gsm8k": ("gsm8k/gsm8k.yaml", "gsm8k", {"test": ("gsm8k/test", 3), "train": ("gsm8k/train", 30)}),
+    "bbh_navigate": ("bbh/zeroshot/navigate.yaml", "bbh_zeroshot_navigate", {"test": ("bbh/navigate", 3)}),
 }
 
 
@@ -37,12 +47,12 @@ TASKS = {
 def parity_data(data_dir, tmp_path_factory) -> Path:
     """The first rows of each task's files, in a temporary data folder both harnesses read."""
     root = tmp_path_factory.mktemp("parity_data")
-    for task, (_, _, sizes) in TASKS.items():
-        (root / task).mkdir()
-        for split, n in sizes.items():
-            with (data_dir / task / f"{split}.jsonl").open(encoding="utf-8") as f:
+    for _, _, files in TASKS.values():
+        for file, n in files.values():
+            (root / file).parent.mkdir(exist_ok=True)
+            with (data_dir / f"{file}.jsonl").open(encoding="utf-8") as f:
                 lines = [next(f) for _ in range(n)]
-            (root / task / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+            (root / f"{file}.jsonl").write_text("".join(lines), encoding="utf-8")
     return root
 
 
@@ -53,15 +63,18 @@ def task_manager(parity_data, tmp_path_factory):
     from lm_eval.tasks import TaskManager
 
     folder = tmp_path_factory.mktemp("lmeval_tasks")
-    for task, (path, name, sizes) in TASKS.items():
-        files = {split: str(parity_data / task / f"{split}.jsonl") for split in sizes}
+    for path, name, files in TASKS.values():
         common = {
             "include": str(LMEVAL_TASKS / path),
             "tag": [],
             "dataset_path": "json",
             "dataset_name": None,
-            "dataset_kwargs": {"data_files": files},
+            "dataset_kwargs": {
+                "data_files": {split: str(parity_data / f"{f}.jsonl") for split, (f, _) in files.items()}
+            },
         }
+        if "train" not in files:
+            common["training_split"] = None  # the offline data has no train split for this task
         (folder / f"{name}.yaml").write_text(json.dumps({**common, "task": name}))
         first_n = {**common, "task": f"{name}_first_n", "fewshot_config": {"sampler": "first_n"}}
         (folder / f"{name}_first_n.yaml").write_text(json.dumps(first_n))
@@ -77,8 +90,8 @@ def hflm(model_cache):
     return HFLM(pretrained=str(folder), batch_size=BATCH, max_length=MAX_LENGTH, device="cpu", dtype="float32")
 
 
-def lmeval_samples(hflm, task_manager, name: str, shots: int, **kwargs) -> list[dict]:
-    """lm-eval's logged samples of one task, in document order."""
+def lmeval_samples(hflm, task_manager, name: str, shots: int, filter: str = "none", **kwargs) -> list[dict]:
+    """lm-eval's logged samples of one task under one of its filters, in document order."""
     from lm_eval import simple_evaluate
 
     out = simple_evaluate(
@@ -90,7 +103,7 @@ def lmeval_samples(hflm, task_manager, name: str, shots: int, **kwargs) -> list[
         bootstrap_iters=0,
         **kwargs,
     )
-    samples = [s for s in out["samples"][name] if s["filter"] in ("none", "flexible-extract")]
+    samples = [s for s in out["samples"][name] if s["filter"] == filter]
     return sorted(samples, key=lambda s: s["doc_id"])
 
 
@@ -117,7 +130,7 @@ def assert_same_choices(ours_out: dict, samples: list[dict]) -> None:
     assert ours_out["metrics"]["acc"] == pytest.approx(accuracy)
 
 
-@pytest.mark.parametrize("task", ["sst2", "rte", "copa", "cb"])
+@pytest.mark.parametrize("task", ["sst2", "rte", "copa", "cb", "boolq"])
 def test_zero_shot_matches_lm_eval(task, parity_data, task_manager, hflm):
     samples = lmeval_samples(hflm, task_manager, TASKS[task][1], shots=0)
     assert_same_choices(ours(task, parity_data), samples)
@@ -149,13 +162,17 @@ def test_truncated_contexts_match_lm_eval(parity_data, task_manager, hflm, monke
     assert_same_choices(ours("copa", parity_data, "model.max_length=20"), samples)
 
 
-def test_gsm8k_generation_matches_lm_eval(parity_data, task_manager, hflm):
-    samples = lmeval_samples(hflm, task_manager, "gsm8k", shots=2)
-    out = ours("gsm8k", parity_data, "prompt.k_shot=2", "prompt.fewshot_mode=per_doc")
+@pytest.mark.parametrize(
+    ("task", "filter", "shots"),
+    [("gsm8k", "flexible-extract", 2), ("bbh_navigate", "strict-match", 0)],
+)
+def test_generation_matches_lm_eval(task, filter, shots, parity_data, task_manager, hflm):
+    samples = lmeval_samples(hflm, task_manager, TASKS[task][1], shots=shots, filter=filter)
+    out = ours(task, parity_data, f"prompt.k_shot={shots}", "prompt.fewshot_mode=per_doc")
     assert out["prompt_example"] == samples[0]["arguments"][0][0]
     assert [p["output"] for p in out["predictions"]] == [s["resps"][0][0] for s in samples]
-    # the answer lm-eval's flexible-extract filter takes, normalised as its exact_match does, is ours
-    task = compose(["task=gsm8k"]).task
+    # the answer lm-eval's filter takes, normalised as its exact_match does, is ours
+    task = compose([f"task={task}"]).task
     assert [p["prediction"] for p in out["predictions"]] == [
         normalise_answer(task, s["filtered_resps"][0]) for s in samples
     ]
