@@ -10,6 +10,7 @@ few-shot pool (and with it lm-eval's per-document sampling) is the same.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lm_eval
@@ -81,13 +82,41 @@ def task_manager(parity_data, tmp_path_factory):
     return TaskManager(include_path=str(folder), include_defaults=False)
 
 
+def lmeval_model(folder: Path):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(folder), batch_size=BATCH, max_length=MAX_LENGTH, device="cpu", dtype="float32")
+
+
 @pytest.fixture(scope="module")
 def hflm(model_cache):
     """lm-eval's HF model on the tiny GLM folder our tiny_glm model config builds, loaded once."""
-    from lm_eval.models.huggingface import HFLM
+    return lmeval_model(build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm")))
 
-    folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
-    return HFLM(pretrained=str(folder), batch_size=BATCH, max_length=MAX_LENGTH, device="cpu", dtype="float32")
+
+@pytest.fixture(scope="module")
+def glm4_style(glm4_style_folder):
+    return lmeval_model(glm4_style_folder)
+
+
+@pytest.fixture(scope="module")
+def glm4_style_folder(model_cache, tmp_path_factory) -> Path:
+    """The tiny GLM with a tokenizer that, like GLM-4's, adds ``[gMASK]<sop>`` in front of every text."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+    folder = tmp_path_factory.mktemp("glm4_style")
+    for file in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(source / file, folder / file)
+    tok = AutoTokenizer.from_pretrained(str(source))
+    special = [(t, tok.convert_tokens_to_ids(t)) for t in ("[gMASK]", "<sop>")]
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B", special_tokens=special
+    )
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(str(folder))("film")["input_ids"][:2] == [i for _, i in special]
+    return folder
 
 
 def lmeval_samples(hflm, task_manager, name: str, shots: int, filter: str = "none", **kwargs) -> list[dict]:
@@ -107,11 +136,9 @@ def lmeval_samples(hflm, task_manager, name: str, shots: int, filter: str = "non
     return sorted(samples, key=lambda s: s["doc_id"])
 
 
-def ours(task: str, data: Path, *overrides: str) -> dict:
+def ours(task: str, data: Path, *overrides: str, model: tuple[str, ...] = ("model=tiny_glm",)) -> dict:
     """Our evaluation of the test rows, through the real method=evaluate code path."""
-    run = compose(
-        [f"task={task}", "model=tiny_glm", f"data_dir={data}", "dev_size=0", f"method.batch_size={BATCH}", *overrides]
-    )
+    run = compose([f"task={task}", *model, f"data_dir={data}", "dev_size=0", f"method.batch_size={BATCH}", *overrides])
     return run_evaluate(run, score_dev=False)
 
 
@@ -153,6 +180,18 @@ def test_chat_template_prompt_matches_lm_eval(parity_data, task_manager, hflm):
     out = ours("sst2", parity_data, "prompt=chat")
     assert out["prompt_example"] == samples[0]["arguments"][0][0]
     assert_same_choices(out, samples)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_a_tokenizer_adding_special_tokens_matches_lm_eval(
+    chat, glm4_style, glm4_style_folder, parity_data, task_manager
+):
+    # lm-eval encodes with the tokenizer's special tokens (a chat prompt, which does not start with the
+    # tokenizer's BOS/EOS string, gets them too): so do we
+    system = compose(["prompt=chat"]).prompt.system if chat else None
+    samples = lmeval_samples(glm4_style, task_manager, "sst2", 0, apply_chat_template=chat, system_instruction=system)
+    model = ("model=hf", f"model.path={glm4_style_folder}")
+    assert_same_choices(ours("sst2", parity_data, *(["prompt=chat"] if chat else []), model=model), samples)
 
 
 def test_truncated_contexts_match_lm_eval(parity_data, task_manager, hflm, monkeypatch):
