@@ -3,7 +3,7 @@ definitions (its YAML files, only the dataset location pointed at local JSONL) a
 ``run_evaluate``. Per example, the predictions must be identical and every choice's log-likelihood must
 agree within 1e-4; generations must be the same text.
 
-The rows are the first few dozen of the real offline data; both sides read the same truncated files, so the
+The rows are the first 3 to 60 of each file of the real offline data; both sides read the same truncated files, so the
 few-shot pool (and with it lm-eval's per-document sampling) is the same.
 """
 
@@ -24,7 +24,7 @@ from autoglm_bench.tasks import normalise_answer
 LMEVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 MAX_LENGTH = 2048
 BATCH = 8
-# ours -> (lm-eval's task file, its task name, {its split: (our file under the data folder, rows)}, overrides)
+# ours -> (lm-eval's task file, its task name, {its split: (our file under the data folder, rows kept)})
 TASKS = {
     "sst2": ("glue/sst2/default.yaml", "sst2", {"validation": ("sst2/validation", 24), "train": ("sst2/train", 60)}),
     "rte": (
@@ -119,7 +119,7 @@ def glm4_style_folder(model_cache, tmp_path_factory) -> Path:
     return folder
 
 
-def lmeval_samples(hflm, task_manager, name: str, shots: int, filter: str = "none", **kwargs) -> list[dict]:
+def lmeval_samples(hflm, task_manager, name: str, shots: int, filter_name: str = "none", **kwargs) -> list[dict]:
     """lm-eval's logged samples of one task under one of its filters, in document order."""
     from lm_eval import simple_evaluate
 
@@ -132,7 +132,7 @@ def lmeval_samples(hflm, task_manager, name: str, shots: int, filter: str = "non
         bootstrap_iters=0,
         **kwargs,
     )
-    samples = [s for s in out["samples"][name] if s["filter"] == filter]
+    samples = [s for s in out["samples"][name] if s["filter"] == filter_name]
     return sorted(samples, key=lambda s: s["doc_id"])
 
 
@@ -202,11 +202,11 @@ def test_truncated_contexts_match_lm_eval(parity_data, task_manager, hflm, monke
 
 
 @pytest.mark.parametrize(
-    ("task", "filter", "shots"),
+    ("task", "filter_name", "shots"),
     [("gsm8k", "flexible-extract", 2), ("bbh_navigate", "strict-match", 0)],
 )
-def test_generation_matches_lm_eval(task, filter, shots, parity_data, task_manager, hflm):
-    samples = lmeval_samples(hflm, task_manager, TASKS[task][1], shots=shots, filter=filter)
+def test_generation_matches_lm_eval(task, filter_name, shots, parity_data, task_manager, hflm):
+    samples = lmeval_samples(hflm, task_manager, TASKS[task][1], shots=shots, filter_name=filter_name)
     out = ours(task, parity_data, f"prompt.k_shot={shots}", "prompt.fewshot_mode=per_doc")
     assert out["prompt_example"] == samples[0]["arguments"][0][0]
     assert [p["output"] for p in out["predictions"]] == [s["resps"][0][0] for s in samples]
