@@ -25,7 +25,7 @@ from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_na
 
 # Bump when what a request means changes (how scoring.py encodes, truncates or scores it), so that results
 # computed under the old meaning are never reused.
-REQUEST_FORMAT = 1
+REQUEST_FORMAT = 2
 CHUNK_BATCHES = 4  # requests stored per commit: this many scoring batches
 
 

@@ -29,6 +29,7 @@ METRICS = {
 MODEL_KINDS = ("tiny_glm", "causal", "encoder")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEMO_SELECTIONS = ("random", "balanced", "nearest")
+FEWSHOT_MODES = ("fixed", "first_n", "per_doc")
 DEMO_ORDERS = ("selected", "reversed")
 METHODS = ("evaluate", "finetune", "prompt_search")
 SCORERS = ("batched", "naive")
@@ -75,10 +76,21 @@ class TaskConfig:
     target: str = MISSING
     choices: list[str] | None = None  # Jinja2 templates, one per answer choice (the verbalizer)
     fewshot_target: str | None = None  # what a demo shows after its context; default: gold choice/target
+    description: str | None = None  # Jinja2 text before the demos and the query (lm-eval's description)
+    # fewshot_mode first_n/per_doc: leave the query row itself out of its demos, drawing k + 1 (per_doc), as
+    # lm-eval does unless a task names a fewshot_split other than its test_split (gsm8k)
+    fewshot_drop_query: bool = True
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
-    answer_pattern: str | None = None  # generation: regex whose last match (group 1) is the answer
-    answer_ignore: list[str] = field(default_factory=list)  # regexes removed from answer and target
+    # generation, as lm-eval's regex filter: the match at index answer_select (0 first, -1 last) of
+    # re.findall(answer_pattern) (a tuple: its first non-empty group), stripped, or "[invalid]" without a
+    # match; no pattern: the whole generation (lm-eval's take_first)
+    answer_pattern: str | None = None
+    answer_select: int = 0
+    # exact_match as lm-eval's: these regexes are removed from answer and target, then case/punctuation
+    answer_ignore: list[str] = field(default_factory=list)
+    ignore_case: bool = False
+    ignore_punctuation: bool = False
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     metrics: list[str] = field(default_factory=lambda: ["acc", "acc_norm"])
     instructions: list[str] = field(default_factory=list)
@@ -123,6 +135,11 @@ class PromptConfig:
     k_shot: int = 0
     demo_selection: str = "random"  # random | balanced (one fixed set) | nearest (per query, MiniLM embeddings)
     demo_order: str = "selected"  # selected | reversed (nearest: most similar first | most similar last)
+    # fixed: one demo set per run (demo_selection; contexts share a prefix, whose KV cache is reused);
+    # first_n: the first k_shot rows of the train split; per_doc: k_shot rows drawn for each example in turn
+    # from the train split, as lm-eval's default sampler draws them with its fewshot_random_seed
+    fewshot_mode: str = "fixed"
+    fewshot_seed: int | None = 1234  # per_doc: lm-eval's fewshot_random_seed (default 1234); null: run seed
     chat_template: bool = False
 
 
@@ -380,6 +397,12 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             f"{', '.join(t.splits)}"
         )
     _one_of("prompt.demo_selection", p.demo_selection, DEMO_SELECTIONS)
+    _one_of("prompt.fewshot_mode", p.fewshot_mode, FEWSHOT_MODES)
+    if p.fewshot_mode != "fixed" and p.demo_selection != "random":
+        raise ConfigError(
+            f"prompt.demo_selection={p.demo_selection} picks the demos of prompt.fewshot_mode=fixed; "
+            f"fewshot_mode={p.fewshot_mode} picks its own (set demo_selection=random or fewshot_mode=fixed)"
+        )
     _one_of("prompt.demo_order", p.demo_order, DEMO_ORDERS)
 
     _one_of("model.kind", m.kind, MODEL_KINDS)
@@ -459,6 +482,11 @@ def validate_prompt_search(run: RunConfig) -> None:
     s, sp, t = run.search, run.search.space, run.task
     if t.type != "multiple_choice":
         raise ConfigError(f"method=prompt_search needs a multiple_choice task; {t.name!r} is {t.type}")
+    if run.prompt.fewshot_mode != "fixed":
+        raise ConfigError(
+            f"method=prompt_search searches demo_selection, which needs prompt.fewshot_mode=fixed; "
+            f"got {run.prompt.fewshot_mode}"
+        )
     _one_of("search.sampler", s.sampler, SAMPLERS)
     _one_of("search.pruner", s.pruner, PRUNERS)
     categorical_space(sp)

@@ -58,9 +58,10 @@ def render_choices(task: TaskConfig, row: dict[str, Any]) -> list[str]:
 
 
 def render_target(task: TaskConfig, row: dict[str, Any], n_choices: int) -> int | str:
-    text = render(task.target, row).strip()
+    text = render(task.target, row)
     if task.type == "generation":
         return normalise_answer(task, text)
+    text = text.strip()
     try:
         index = int(text)
     except ValueError:
@@ -75,11 +76,12 @@ def demo_answer(task: TaskConfig, row: dict[str, Any]) -> str:
         return render(task.fewshot_target, row)
     choices = render_choices(task, row)
     target = render_target(task, row, len(choices))
-    return choices[target] if task.type == "multiple_choice" else render(task.target, row).strip()
+    return choices[target] if task.type == "multiple_choice" else render(task.target, row)
 
 
 def select_demos(task: Task, prompt: PromptConfig, seed: int) -> list[dict[str, Any]]:
-    """Pick ``prompt.k_shot`` demos from the train split, seeded; one fixed set for the whole run.
+    """Pick ``prompt.k_shot`` demos from the train split, seeded; one fixed set for the whole run
+    (``prompt.fewshot_mode=fixed``).
 
     ``random`` samples uniformly; ``balanced`` cycles through the classes (gold choice index) so each
     label appears as evenly as k allows, then shuffles their order.
@@ -169,17 +171,59 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
     return embed
 
 
+def lmeval_demos(task: Task, prompt: PromptConfig, seed: int, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The demos of each row under ``prompt.fewshot_mode`` ``first_n`` or ``per_doc``, drawn as
+    lm-evaluation-harness 0.4's ``FirstNSampler`` and ``ContextSampler`` draw them from the train split in
+    file order (``task.rows["fewshot"]``): ``per_doc`` takes ``rng.sample(pool, k)`` for each row in turn
+    from one ``random.Random(prompt.fewshot_seed)`` (``seed`` when null).
+
+    With ``task.fewshot_drop_query`` (lm-eval passes the query as ``eval_doc`` whenever a task's few-shot
+    split equals its test split, which includes every task that names neither) the query row is dropped:
+    from the pool (first_n), or from ``k + 1`` samples (per_doc). A row of the train split itself (a dev
+    row) is always dropped, so it never sees itself.
+    """
+    k = prompt.k_shot
+    pool = task.rows.get("fewshot") or task.rows["train"]
+    if k > len(pool):
+        raise ConfigError(f"prompt.k_shot={k} exceeds the {len(pool)} rows of the train split")
+    in_pool = {r["_id"] for r in pool}
+    rng = random.Random(seed if prompt.fewshot_seed is None else prompt.fewshot_seed)
+    demos = []
+    for row in rows:
+        drop = task.cfg.fewshot_drop_query or row["_id"] in in_pool
+        if prompt.fewshot_mode == "first_n":
+            demos.append([d for d in pool if not (drop and _same_doc(d, row))][:k])
+        elif not drop:
+            demos.append(rng.sample(pool, k))
+        else:
+            drawn = [d for d in rng.sample(pool, k + 1) if not _same_doc(d, row)][:k]
+            if len(drawn) < k:  # the row had duplicates in the pool
+                drawn = rng.sample([d for d in pool if not _same_doc(d, row)], k)
+            demos.append(drawn)
+    return demos
+
+
+def _same_doc(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal as dataset rows (lm-eval compares docs with ``==``), whatever their ``_id``."""
+    return {**a, "_id": None} == {**b, "_id": None}
+
+
 def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder | None = None) -> list[Example]:
     """Render every eval row of ``task`` with the chosen template, instruction, system prompt and demos.
 
-    ``random``/``balanced`` demos are one fixed set for all rows; ``nearest`` demos are chosen per row
-    with ``embed`` (default: a fresh :func:`minilm_embedder`). ``prompt.demo_order=reversed`` reverses
-    the demo list (for nearest: the most similar demo comes last, next to the query).
+    Demos follow ``prompt.fewshot_mode``: ``fixed`` uses one set for all rows (``random``/``balanced``) or,
+    with ``demo_selection=nearest``, picks them per row with ``embed`` (default: a fresh
+    :func:`minilm_embedder`); ``first_n`` and ``per_doc`` are :func:`lmeval_demos`.
+    ``prompt.demo_order=reversed`` reverses each demo list (for nearest: the most similar demo comes last,
+    next to the query). The system message is the system prompt and the task's description joined as
+    lm-eval joins them.
     """
     cfg = task.cfg
     template = cfg.templates[prompt.template]
     rows = task.rows["eval"]
-    if prompt.demo_selection == "nearest" and prompt.k_shot > 0:
+    if prompt.k_shot > 0 and prompt.fewshot_mode != "fixed":
+        demo_rows = lmeval_demos(task, prompt, seed, rows)
+    elif prompt.demo_selection == "nearest" and prompt.k_shot > 0:
         demo_rows = nearest_demos(task, prompt, embed or minilm_embedder(), rows)
     else:
         demo_rows = [select_demos(task, prompt, seed)] * len(rows)
@@ -202,22 +246,33 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
         turns = turns_cache[key] + [{"role": "user", "content": render(template, row)}]
         if prompt.instruction:
             turns[0] = {"role": "user", "content": f"{prompt.instruction}\n\n{turns[0]['content']}"}
-        if prompt.system:
-            turns = [{"role": "system", "content": prompt.system}] + turns
+        description = render(cfg.description, row) if cfg.description else None
+        system = _maybe_delimit(prompt.system, description, cfg.fewshot_delimiter)
+        if system:
+            turns = [{"role": "system", "content": system}] + turns
         target = render_target(cfg, row, len(choices))
         examples.append(Example(id=row["_id"], messages=turns, target=target, choices=choices))
     return examples
 
 
+def _maybe_delimit(prefix: str | None, suffix: str | None, delimiter: str) -> str:
+    """lm-eval's ``maybe_delimit``: join with ``delimiter`` unless either side has whitespace at the seam."""
+    if not prefix or not suffix:
+        return prefix or suffix or ""
+    return prefix + suffix if prefix[-1].isspace() or suffix[0].isspace() else prefix + delimiter + suffix
+
+
 def prompt_text(task: TaskConfig, messages: list[dict[str, str]], tokenizer: Any = None) -> str:
-    """The model input for ``messages``: the tokenizer's chat template when one is given, else the plain
-    lm-evaluation-harness layout ``system\\n\\n instruction\\n\\n demo target fewshot_delim ... query``."""
+    """The model input for ``messages``: the tokenizer's chat template when one is given (demos as earlier
+    user/assistant turns, as lm-eval's ``fewshot_as_multiturn``), else lm-evaluation-harness's plain layout
+    ``system demo target_delimiter answer fewshot_delimiter ... query``. As in lm-eval, nothing separates
+    the system text (a system prompt and/or the task's description) from what follows it."""
     if tokenizer is not None:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     parts = []
     for msg in messages:
         if msg["role"] == "system":
-            parts.append(msg["content"] + "\n\n")
+            parts.append(msg["content"])
         elif msg["role"] == "user":
             parts.append(msg["content"])
         else:

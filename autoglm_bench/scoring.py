@@ -46,32 +46,82 @@ class ScoreStats:
 
 @dataclass
 class _Encoded:
+    """Token ids of one context and the continuations scored after it; ``example`` and ``choices`` say which
+    request and which of its continuations they are (a request splits when its choices cut it differently)."""
+
     context: list[int]
     continuations: list[list[int]]
+    example: int = 0
+    choices: tuple[int, ...] = (0,)
 
 
-def encode_requests(lm: LoadedModel, requests: list[tuple[str, list[str]]]) -> list[_Encoded]:
-    """Token ids as lm-evaluation-harness forms them: trailing spaces of the context move to the
-    continuation, a continuation's tokens are what ``encode(context + continuation)`` adds after
-    ``encode(context)``, an empty context becomes the EOS token, and the context is cut from the left
-    so that context + longest continuation fits ``max_length``. One tokenizer call for all strings."""
+REQUEST_ENCODING = 2  # bump when encode_requests changes, so token caches built with the old rules are not reused
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    """The token an empty context becomes: BOS where the tokenizer has one, else EOS (lm-eval's
+    ``HFLM.prefix_token_id``)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def tok_encode(tokenizer: Any, texts: list[str], lead: str | None = None) -> list[list[int]]:
+    """Token ids of each text as lm-evaluation-harness encodes it: with the tokenizer's special tokens
+    (GLM-4's ``[gMASK]<sop>``), except for a text that already starts with ``lead`` (default: the string of
+    :func:`prefix_token_id`, as ``HFLM.tok_encode``; generation passes the BOS string, as
+    ``HFLM.tok_batch_encode``). One tokenizer call per kind."""
+    lead = tokenizer.decode(prefix_token_id(tokenizer)) if lead is None else lead
+    out: list[list[int]] = [[] for _ in texts]
+    for special in (True, False):
+        index = [i for i, t in enumerate(texts) if bool(lead and t.startswith(lead)) != special]
+        if index:
+            for i, row in zip(index, tokenizer([texts[i] for i in index], add_special_tokens=special)["input_ids"]):
+                out[i] = list(row)
+    return out
+
+
+def encode_requests(tokenizer: Any, max_length: int, requests: list[tuple[str, list[str]]]) -> list[_Encoded]:
+    """Token ids of (context, continuations) requests exactly as lm-evaluation-harness 0.4 forms them
+    (``LM.loglikelihood``, ``_encode_pair`` and ``HFLM._loglikelihood_tokens``):
+
+    - trailing whitespace of the context moves to the front of each continuation;
+    - a continuation's tokens are what :func:`tok_encode` of ``context + continuation`` adds after those of
+      the context;
+    - an empty context becomes :func:`prefix_token_id` (or, when a continuation starts with that token,
+      the continuation's first token); so does a context of whitespace only (lm-eval fails on one), its
+      whitespace moving to the continuations;
+    - each (context, continuation) pair keeps its last ``max_length + 1`` tokens, cut from the left of the
+      context, so the model sees at most ``max_length`` tokens.
+
+    Shared by evaluation, prompt search and fine-tuning. Pairs of one request whose contexts come out
+    equal (the usual case) stay one :class:`_Encoded`.
+    """
     texts: list[str] = []
     for context, continuations in requests:
-        stripped = context.rstrip(" ")
-        texts.append(stripped)
-        texts.extend(context + c for c in continuations)
-    ids = iter(lm.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        if context.strip():
+            stripped = context.rstrip()
+            texts.append(stripped)
+            texts.extend(context + c for c in continuations)
+    ids = iter(tok_encode(tokenizer, texts))
+    prefix = prefix_token_id(tokenizer)
     encoded = []
-    for context, continuations in requests:
-        ctx = next(ids)
-        whole = [next(ids) for _ in continuations]
-        conts = [w[len(ctx) :] for w in whole]
-        if not ctx:
-            ctx = [lm.tokenizer.eos_token_id]
-        if any(not c for c in conts):
-            raise ValueError(f"a continuation of context {context[-40:]!r} encodes to no tokens: {continuations}")
-        keep = max(1, lm.max_length - max(len(c) for c in conts))
-        encoded.append(_Encoded(context=ctx[-keep:], continuations=conts))
+    for r, (context, continuations) in enumerate(requests):
+        if context.strip():
+            ctx = next(ids)
+            pairs = [(ctx, w[len(ctx) :]) for w in (next(ids) for _ in continuations)]
+        else:
+            conts = tokenizer([context + c for c in continuations], add_special_tokens=False)["input_ids"]
+            pairs = [([prefix], c) if not c or c[0] != prefix else (c[:1], c[1:]) for c in conts]
+        groups: dict[tuple[int, ...], _Encoded] = {}
+        for j, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                raise ValueError(f"continuation {continuations[j]!r} of context {context[-40:]!r} encodes to no tokens")
+            if len(cont) > max_length:
+                raise ValueError(f"continuation {continuations[j][:40]!r}: {len(cont)} tokens > {max_length=}")
+            keep = tuple(ctx[max(0, len(ctx) + len(cont) - max_length - 1) :])
+            group = groups.setdefault(keep, _Encoded(list(keep), [], r, ()))
+            group.continuations.append(list(cont))
+            group.choices += (j,)
+        encoded.extend(groups.values())
     return encoded
 
 
@@ -90,17 +140,18 @@ def loglikelihood(
     import torch
 
     start = time.perf_counter()
-    encoded = encode_requests(lm, requests)
+    encoded = encode_requests(lm.tokenizer, lm.max_length, requests)
     order = sorted(range(len(encoded)), key=lambda i: -_longest(encoded[i]))
-    results: list[list[float]] = [[] for _ in encoded]
-    stats = ScoreStats(examples=len(encoded))
+    results: list[list[float]] = [[0.0] * len(conts) for _, conts in requests]
+    stats = ScoreStats(examples=len(requests))
     bar = _progress(len(encoded), progress)
     with torch.inference_mode():
         prefix = _encode_shared_prefix(lm, encoded, stats)
         for b in range(0, len(order), batch_size):
             batch = [encoded[i] for i in order[b : b + batch_size]]
-            for i, lls in zip(order[b : b + batch_size], _score_batch(lm, batch, prefix, stats)):
-                results[i] = lls
+            for enc, lls in zip(batch, _score_batch(lm, batch, prefix, stats)):
+                for j, ll in zip(enc.choices, lls):
+                    results[enc.example][j] = ll
             bar.update(len(batch))
     bar.close()
     stats.seconds = time.perf_counter() - start
@@ -197,17 +248,18 @@ def loglikelihood_naive(
 
     start = time.perf_counter()
     stats = ScoreStats(examples=len(requests))
-    results = []
-    bar = _progress(len(requests), progress)
+    results: list[list[float]] = [[0.0] * len(conts) for _, conts in requests]
+    encoded = encode_requests(lm.tokenizer, lm.max_length, requests)
+    bar = _progress(len(encoded), progress)
     with torch.inference_mode():
-        for enc in encode_requests(lm, requests):
-            lls = []
-            for cont in enc.continuations:
+        for enc in encoded:
+            for j, cont in zip(enc.choices, enc.continuations):
                 tokens = torch.tensor([(enc.context + cont)[:-1]], device=lm.device)
                 logprobs = torch.log_softmax(lm.model(input_ids=tokens).logits[0, -len(cont) :].float(), -1)
-                lls.append(float(logprobs[torch.arange(len(cont)), torch.tensor(cont, device=lm.device)].sum()))
+                results[enc.example][j] = float(
+                    logprobs[torch.arange(len(cont)), torch.tensor(cont, device=lm.device)].sum()
+                )
                 stats.tokens += tokens.shape[1]
-            results.append(lls)
             bar.update(1)
     bar.close()
     stats.seconds = time.perf_counter() - start
@@ -227,7 +279,7 @@ def generate_until(
 
     start = time.perf_counter()
     tok = lm.tokenizer
-    encoded = [tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for c in contexts]
+    encoded = [ids or [prefix_token_id(tok)] for ids in tok_encode(tok, contexts, lead=tok.bos_token or "")]
     max_ctx = max(1, lm.max_length - max_new_tokens)
     encoded = [e[-max_ctx:] for e in encoded]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))

@@ -5,7 +5,9 @@
 - **dev**: ``dev_size`` rows drawn with ``split_seed`` from the task's train split; every selection reads
   these. A task without a train split (BoolQ, AG News and BBH in the offline data) draws its dev rows from
   the eval split instead (at most half of it), and its test rows are the rest of that split.
-- **train**: the train split less the dev rows, in a ``split_seed`` order: few-shot demos and training.
+- **train**: the train split less the dev rows, in a ``split_seed`` order: few-shot demos
+  (``prompt.fewshot_mode=fixed``) and training. ``first_n`` and ``per_doc`` demos come from the whole train
+  split in file order, as lm-evaluation-harness draws them (a dev row never sees itself as a demo).
 
 ``seed`` varies sampling (demos, initialisation, data order), never which rows are dev or test: changing
 ``seed`` keeps the test rows; changing ``split_seed`` changes the dev rows (and, without a train split, the
@@ -32,10 +34,11 @@ class Splits:
     split_seed: int
     dev_source: str
     test_source: str
+    fewshot: list[dict[str, Any]]  # the task's train split in file order (lm-eval's few-shot split)
 
     def view(self, task: Task, rows: list[dict[str, Any]]) -> Task:
-        """``task`` with ``rows`` as the rows to render and the train part as the demo pool."""
-        return Task(cfg=task.cfg, hook=task.hook, rows={"eval": rows, "train": self.train})
+        """``task`` with ``rows`` as the rows to render and the train part (and whole split) as demo pools."""
+        return Task(cfg=task.cfg, hook=task.hook, rows={"eval": rows, "train": self.train, "fewshot": self.fewshot})
 
     def record(self) -> dict[str, Any]:
         """The provenance results.json keeps: seed, sources and the ids of the dev and test rows."""
@@ -78,5 +81,11 @@ def split_task(task: Task, split_seed: int, dev_size: int, limit: int | None = N
     if not test:
         raise ConfigError(f"task {task.name!r}: no test rows left (split {eval_name!r})")
     return Splits(
-        train=train, dev=dev, test=test, split_seed=split_seed, dev_source=dev_source, test_source=test_source
+        train=train,
+        dev=dev,
+        test=test,
+        split_seed=split_seed,
+        dev_source=dev_source,
+        test_source=test_source,
+        fewshot=list(task.rows.get("train", [])),
     )

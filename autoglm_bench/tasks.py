@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,20 +204,38 @@ def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
 
 
 def extract_answer(cfg: TaskConfig, text: str) -> str:
-    """The answer in a generated text: the last match of ``answer_pattern`` (group 1 if it has one),
-    else the stripped text; then every ``answer_ignore`` regex is removed."""
-    answer = text.strip()
+    """The answer in a generated text, as lm-evaluation-harness's filters take it: without
+    ``answer_pattern`` the whole text (``take_first``); with it, the ``answer_select``-th item of
+    ``re.findall`` (a tuple of groups gives its first non-empty one), stripped, or ``"[invalid]"`` when
+    nothing matches (the ``regex`` filter). Then normalised as :func:`normalise_answer`.
+
+    >>> cfg = TaskConfig(name="t", target="x", answer_pattern=r"(-?[0-9]+)", answer_select=-1)
+    >>> extract_answer(cfg, "3 apples and 4 pears: 7")
+    '7'
+    """
+    answer = text
     if cfg.answer_pattern:
-        matches = list(re.finditer(cfg.answer_pattern, text))
+        matches = re.findall(cfg.answer_pattern, text)
+        answer = INVALID
         if matches:
-            last = matches[-1]
-            answer = last.group(1) if last.re.groups else last.group(0)
-        else:
-            answer = ""
+            match = matches[cfg.answer_select]
+            if isinstance(match, tuple):
+                match = next((m for m in match if m), INVALID)
+            answer = match.strip()
     return normalise_answer(cfg, answer)
 
 
+INVALID = "[invalid]"  # lm-eval's regex filter fallback
+
+
 def normalise_answer(cfg: TaskConfig, answer: str) -> str:
+    """lm-eval's ``exact_match`` normalisation, applied to answers and targets alike: each
+    ``answer_ignore`` regex removed in turn, then lower case (``ignore_case``) and punctuation removed
+    (``ignore_punctuation``). No stripping: ``" True"`` does not equal ``"True"``."""
     for pattern in cfg.answer_ignore:
         answer = re.sub(pattern, "", answer)
-    return answer.strip()
+    if cfg.ignore_case:
+        answer = answer.lower()
+    if cfg.ignore_punctuation:
+        answer = answer.translate(str.maketrans("", "", string.punctuation))
+    return answer

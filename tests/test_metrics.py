@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoglm_bench.config import TaskConfig
-from autoglm_bench.tasks import compute_metrics, extract_answer, macro_f1
+from autoglm_bench.tasks import compute_metrics, extract_answer, macro_f1, normalise_answer
 
 
 def test_acc_and_acc_norm_match_lm_eval_definitions():
@@ -43,17 +43,28 @@ def test_macro_f1_by_hand():
 
 
 def test_exact_match_with_answer_extraction():
+    # lm-eval's gsm8k: flexible-extract (last match of the regex, first non-empty group), regexes_to_ignore
+    # removed from answer and target alike, "[invalid]" without a match
     cfg = TaskConfig(
         name="gsm",
         target="{{ a }}",
-        answer_pattern=r"(-?[$0-9.,]*[0-9])",
-        answer_ignore=[",", r"\$", r"\.$"],
+        answer_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)",
+        answer_select=-1,
+        answer_ignore=[",", r"\$", "(?s).*#### ", r"\.$"],
         type="generation",
     )
     assert extract_answer(cfg, "She pays $1,200. Then 3 more, so 1,203.") == "1203"
-    assert extract_answer(cfg, "no number here") == ""
+    assert extract_answer(cfg, "no number here") == "[invalid]"
+    assert normalise_answer(cfg, "2 + 3 = 5\n#### 1,203") == "1203"
     predictions = [
         {"target": "1203", "prediction": extract_answer(cfg, "so 1,203")},
         {"target": "7", "prediction": extract_answer(cfg, "it is 8")},
     ]
     assert compute_metrics(["exact_match"], predictions) == {"exact_match": 0.5}
+
+
+def test_exact_match_without_pattern_takes_the_whole_generation():
+    # lm-eval's bbh strict-match: the generation itself, only the ignored regexes removed and lower-cased
+    cfg = TaskConfig(name="bbh", target="{{ t }}", answer_ignore=[r"\.$", "\n"], ignore_case=True, type="generation")
+    assert extract_answer(cfg, "True.\n") == "true"
+    assert extract_answer(cfg, " True") == " true"  # no stripping: lm-eval counts this as wrong

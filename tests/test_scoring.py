@@ -44,8 +44,15 @@ def test_truncation_keeps_the_end_of_a_long_context(tiny_lm, monkeypatch):
     monkeypatch.setattr(tiny_lm, "max_length", 24)
     long_context = " ".join(["film"] * 100) + " was"
     requests = [(long_context, [" good", " terrible movie"]), ("short one", [" x"])]
-    enc = encode_requests(tiny_lm, requests)
-    assert len(enc[0].context) + max(map(len, enc[0].continuations)) <= 24
+    enc = encode_requests(tiny_lm.tokenizer, 24, requests)
+    # lm-eval cuts each (context, continuation) pair to its last max_length + 1 tokens: the one-token and
+    # the two-token choice of the first request see contexts cut differently
+    whole = tiny_lm.tokenizer(long_context)["input_ids"]
+    assert [(e.example, e.choices) for e in enc] == [(0, (0,)), (0, (1,)), (1, (0,))]
+    for e in enc[:2]:
+        (cont,) = e.continuations
+        assert e.context == whole[-(25 - len(cont)) :]
+    assert len(enc[0].context) != len(enc[1].context)
     batched, _ = loglikelihood(tiny_lm, requests, batch_size=2, progress=False)
     naive, _ = loglikelihood_naive(tiny_lm, requests, progress=False)
     assert batched[0] == pytest.approx(naive[0], abs=1e-4)
@@ -74,7 +81,7 @@ def test_shared_few_shot_prefix_is_encoded_once(tiny_lm):
     naive, _ = loglikelihood_naive(tiny_lm, requests, progress=False)
     for row_b, row_n in zip(batched, naive):
         assert row_b == pytest.approx(row_n, abs=1e-4)
-    enc = encode_requests(tiny_lm, requests)
+    enc = encode_requests(tiny_lm.tokenizer, tiny_lm.max_length, requests)
     prefix_tokens = len(tiny_lm.tokenizer(demos.rstrip())["input_ids"])
     fed_without_reuse = sum(len(e.context) + sum(len(c) - 1 for c in e.continuations) for e in enc)
     assert b_stats.tokens <= fed_without_reuse - (len(requests) - 1) * (prefix_tokens - 2)

@@ -42,7 +42,8 @@ def test_copa_choices_follow_lm_eval_layout(data_dir):
     task = load_task(run.task, resolve_data_dir(run.data_dir), limit=1)
     (example,) = render_examples(task, run.prompt, seed=0)
     assert prompt_text(task.cfg, example.messages) == "The man turned on the faucet therefore"
-    assert example.choices == ["the toilet filled with water.", "water flowed from the spout."]
+    # lm-eval's doc_to_choice starts each choice with a space, after the target delimiter's own
+    assert example.choices == [" the toilet filled with water.", " water flowed from the spout."]
     assert example.target == 1
 
 

@@ -21,7 +21,6 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import ConfigError, RunConfig
 from ..models import cache_dir
 from ..prompts import chat_tokenizer, demo_answer, prompt_text, render_examples
-from ..scoring import encode_requests
+from ..scoring import REQUEST_ENCODING, encode_requests
 from ..splits import Splits, split_task
 from ..tasks import Task
 
@@ -121,11 +120,13 @@ class TaskDataModule(pl.LightningDataModule):
     def _encode_causal(self, contexts: list[str], continuations: list[str], eos: bool) -> list[dict[str, Any]]:
         """input_ids = context + continuation (+ EOS), labels = IGNORE on the context, cached on disk."""
         tok = self.tokenizer
-        encoder = SimpleNamespace(tokenizer=tok, max_length=self.max_length - int(eos))  # what encode_requests reads
+        # encode_requests keeps max_length + 1 tokens per pair (the scorer feeds all but the last); a training
+        # row holds all of them, plus EOS for generation targets
+        limit = self.max_length - 1 - int(eos)
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
             out: dict[str, list] = {"input_ids": [], "labels": []}
-            for enc in encode_requests(encoder, [(c, [a]) for c, a in zip(batch["context"], batch["answer"])]):
+            for enc in encode_requests(tok, limit, [(c, [a]) for c, a in zip(batch["context"], batch["answer"])]):
                 answer = enc.continuations[0] + ([tok.eos_token_id] if eos else [])
                 out["input_ids"].append(enc.context + answer)
                 out["labels"].append([IGNORE] * len(enc.context) + answer)
@@ -142,7 +143,7 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _key(self, *parts: Any) -> str:
         tok = self.tokenizer
-        return json.dumps([type(tok).__name__, tok.name_or_path, len(tok), self.max_length, *parts])
+        return json.dumps([type(tok).__name__, tok.name_or_path, len(tok), self.max_length, REQUEST_ENCODING, *parts])
 
     # ------------------------------------------------------------ loaders
 
