@@ -140,11 +140,19 @@ def checkpoint_spec(path: str) -> ModelSpec:
     saved = (record.get("training") or {}).get("saved_model")
     if record.get("method") != "finetune" or not saved:
         raise ConfigError(f"run directory {path!r} holds no saved fine-tuned model (method.save_model=true)")
-    config = OmegaConf.merge(OmegaConf.structured(RunConfig), record["config"])
-    run = validate(config)
+    hydra_config = folder / ".hydra" / "config.yaml"  # written by the CLI; results.json redacts token-like keys
+    saved_config = OmegaConf.load(hydra_config) if hydra_config.is_file() else _unredacted(record["config"])
+    run = validate(OmegaConf.merge(OmegaConf.structured(RunConfig), saved_config))
     if run.peft.method not in ("full", "lora"):
         raise ConfigError(f"serving a peft={run.peft.method} checkpoint is not supported; allowed: full, lora")
     return ModelSpec(name=path, cfg=run.model, checkpoint=run, weights=Path(saved))
+
+
+def _unredacted(value: Any) -> Any:
+    """A results.json config without the values :func:`~autoglm_bench.results.redact` hid (defaults fill in)."""
+    if isinstance(value, dict):
+        return {k: _unredacted(v) for k, v in value.items() if v != "<redacted>"}
+    return value
 
 
 def load_served(spec: ModelSpec) -> tuple[Served, int]:

@@ -1,6 +1,6 @@
 """The model pool: models load on first use and are released when idle too long, or least recently used
 first when loading another one would exceed the memory budget. A model some request is using (acquired and
-not yet released) is never released."""
+not yet released) is never released; the pool may stay over its budget until that request ends."""
 
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ class ModelPool:
             with self._lock:
                 entry.users -= 1
                 entry.last_used = time.monotonic()
+                if name in self._entries:
+                    self._enforce_budget(keep=name)  # what stayed over the budget while in use goes now
 
     def _enforce_budget(self, keep: str) -> None:
         if self.budget is None:
