@@ -359,3 +359,29 @@ def test_a_finetuned_classification_head_is_served_by_task(tmp_path, model_cache
 def test_json_body_must_be_an_object(client):
     response = client.post("/task", content=json.dumps([1, 2]), headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"].startswith("body:")
+
+
+def test_the_page_works_in_a_headless_browser(server, client):
+    """Debian's chromium loads /, fills in the task's field from the URL, runs it, and shows the answer and
+    each choice's log-likelihood: the ones /classify gives for the same input."""
+    import re
+    import shutil
+    import subprocess
+    import urllib.parse
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    text = "a warm and witty film"
+    query = urllib.parse.urlencode({"task": "toy_sentiment", "input": json.dumps({"text": text}), "run": "1"})
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=30000"]
+    page = subprocess.run(
+        [browser, *flags, "--dump-dom", f"{server.url}/?{query}"], capture_output=True, text=True, timeout=120
+    )
+    expected = client.post("/classify", json={"input": {"text": text}}).json()
+    assert f'<b id="label">{expected["label"]}</b>' in page.stdout, page.stdout[-2000:]
+    rows = re.findall(r'<tr( class="best")?><td>(\w+)</td><td>(-?[\d.]+)</td></tr>', page.stdout)
+    assert [(name, float(score)) for _, name, score in rows] == [
+        (c, pytest.approx(v, abs=1e-3)) for c, v in zip(expected["choices"], expected["loglikelihoods"])
+    ]
+    assert [name for best, name, _ in rows if best] == [expected["label"]]
