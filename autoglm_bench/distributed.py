@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from .config import PACKAGE_ROOT, MethodConfig, ModelConfig, RunConfig
+from .config import PACKAGE_ROOT, ConfigError, MethodConfig, ModelConfig, RunConfig
 from .scoring import ScoreStats
 
 
@@ -60,7 +60,14 @@ class RayWorkers:
         cfg = run.ray
         if not ray.is_initialized():
             if cfg.address:
-                ray.init(address=cfg.address, runtime_env={"py_modules": [str(PACKAGE_ROOT)]}, log_to_driver=False)
+                try:
+                    ray.init(address=cfg.address, runtime_env={"py_modules": [str(PACKAGE_ROOT)]}, log_to_driver=False)
+                except (ConnectionError, RuntimeError) as exc:
+                    cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+                    raise ConfigError(
+                        f"could not connect to the Ray cluster at ray.address={cfg.address!r}{cause}; a cluster with "
+                        "token authentication also needs RAY_AUTH_MODE=token and its token"
+                    ) from exc
             else:
                 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
                 # never fewer CPUs than the actors ask for: they would wait forever for a free one
