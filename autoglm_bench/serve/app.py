@@ -255,7 +255,9 @@ class Service:
         return self.specs[name]
 
     def task_names(self) -> list[str]:
-        return sorted({self.run.task.name, *group_options("task")})
+        if not hasattr(self, "_task_names"):
+            self._task_names = sorted({self.run.task.name, *group_options("task")})
+        return self._task_names
 
     async def task_state(self, name: str | None, spec: ModelSpec | None = None) -> TaskState:
         """The task ``name`` (default: the server's; for a fine-tuned checkpoint, the task it was trained on,
@@ -600,19 +602,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     metrics = service.metrics
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # a bug, not bad input: one line to the client, the traceback to the log
-            log.exception("request %s %s failed", request.method, request.url.path)
-            response = _error(500, f"internal error: {type(exc).__name__}: {one_line(exc)}")
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest):
@@ -650,19 +640,19 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/classify")
     async def classify(body: TaskRequest):
-        return await service.task(body, only="multiple_choice")
+        return JSONResponse(await service.task(body, only="multiple_choice"))
 
     @app.post("/task")
     async def task(body: TaskRequest):
-        return await service.task(body)
+        return JSONResponse(await service.task(body))
 
     @app.post("/generate")
     async def generate(body: GenerateRequest):
-        return await service.generate(body)
+        return JSONResponse(await service.generate(body))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        return await service.completions(body)
+        return JSONResponse(await service.completions(body))
 
     @app.get("/v1/models")
     async def models():
@@ -672,6 +662,41 @@ def create_app(service: Service) -> FastAPI:
         }
 
     return app
+
+
+class CountRequests:
+    """ASGI middleware: counts every request by endpoint (route path) and status, and times it. An error that
+    escapes the handlers is a bug, not bad input: the client gets one line, the log gets the traceback."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            log.exception("request %s %s failed", scope.get("method"), scope.get("path"))
+            if status:
+                raise  # the response had begun; the server closes the connection
+            status = 500
+            await _error(500, f"internal error: {type(exc).__name__}: {one_line(exc)}")(scope, receive, send)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status or 500)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 async def _reap(service: Service) -> None:
