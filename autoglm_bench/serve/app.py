@@ -221,11 +221,12 @@ class Service:
         self.overrides = [o for o in overrides if not o.lstrip("+~").startswith(("task=", "task.", "serve."))]
         self.metrics = Metrics()
         self.specs: dict[str, ModelSpec] = {run.model.name: ModelSpec(run.model.name, run.model)}
+        others = [o for o in self.overrides if not o.lstrip("+~").startswith(("model=", "model."))]
         for name in run.serve.models:
             if Path(name).expanduser().is_dir():
                 self.specs[name] = checkpoint_spec(name)
             elif name not in self.specs:
-                self.specs[name] = ModelSpec(name, compose([*self.overrides, f"model={name}"]).model)
+                self.specs[name] = ModelSpec(name, compose([*others, f"model={name}"]).model)
         sv = run.serve
         budget = None if sv.memory_budget_mb is None else int(sv.memory_budget_mb * 2**20)
         self.pool = ModelPool(
