@@ -169,16 +169,23 @@ def test_priority_requests_overtake_queued_ones(policy, model_cache):
                     r = await c.post("/classify", json={"input": {"text": f"film {i}"}, "priority": priority})
                     return i, r.json()["batch"]["seq"]
 
-                async def depth(n):
-                    while srv.service.scheduler.depth < n:
+                async def until(condition):
+                    while not condition():
                         await asyncio.sleep(0.01)
 
+                def taken():  # batches the dispatcher has taken off the queue
+                    return srv.service.metrics.registry.get_sample_value("autoglm_batch_size_count") or 0
+
+                async def enqueue(i, priority):  # one at a time, so that they queue in this order
+                    depth = srv.service.scheduler.depth
+                    task = asyncio.ensure_future(send(i, priority))
+                    await until(lambda: srv.service.scheduler.depth == depth + 1)
+                    return task
+
                 first = asyncio.ensure_future(send("first", 0))
-                await asyncio.sleep(0.2)  # taken by the dispatcher, waiting for the worker
-                ordinary = [asyncio.ensure_future(send(f"fifo{i}", 0)) for i in range(5)]
-                await depth(5)
-                urgent = [asyncio.ensure_future(send(f"urgent{i}", 10)) for i in range(3)]
-                await depth(8)
+                await until(lambda: taken() == 1)  # taken, waiting for the worker
+                ordinary = [await enqueue(f"fifo{i}", 0) for i in range(5)]
+                urgent = [await enqueue(f"urgent{i}", 10) for i in range(3)]
                 gate.set()
                 return await asyncio.gather(first, *ordinary, *urgent)
 
