@@ -325,21 +325,25 @@ def test_cli_serves_on_a_free_port_and_rejects_bad_settings(model_cache, capsys)
         proc.wait(timeout=30)
 
 
-def test_a_finetuned_classification_head_is_served_by_task(tmp_path, model_cache):
-    """A finetune run directory (MiniLM with a classification head) served next to the tiny GLM: /task
-    answers with the head's predictions, equal to those the finetune run recorded for the same rows."""
+@pytest.mark.parametrize("model,peft", [("minilm", "full"), ("tiny_glm", "lora")])
+def test_a_finetune_run_directory_is_served_by_task(model, peft, tmp_path, model_cache):
+    """A finetune run directory served next to the tiny GLM: MiniLM answers through its classification head,
+    the tiny GLM with its LoRA adapter merged through the scorer; /task gives the predictions the finetune
+    run recorded for the same rows (and, for the LoRA model, not those of the model it started from)."""
     from omegaconf import OmegaConf
 
     from autoglm_bench.__main__ import execute
 
     overrides = [
         "task=toy_sentiment",
-        "model=minilm",
+        f"model={model}",
         "method=finetune",
+        f"peft={peft}",
+        "optim.lr=1e-2",
         "limit=8",
         "dev_size=4",
         "method.batch_size=8",
-        "trainer.max_steps=2",
+        "trainer.max_steps=3",
         "trainer.checkpoint=false",
         "logger=none",
         "threads=1",
@@ -349,18 +353,30 @@ def test_a_finetuned_classification_head_is_served_by_task(tmp_path, model_cache
     srv = start(f"serve.models=[{run_dir}]")
     try:
         rows = _test_rows(compose(overrides))
-        answers = asyncio.run(_post_all(srv.url, "/task", [{"model": str(run_dir), "input": _public(r)} for r in rows]))
+        bodies = [{"model": str(run_dir), "input": _public(r)} for r in rows]
+        answers = asyncio.run(_post_all(srv.url, "/task", bodies))
+        base = asyncio.run(_post_all(srv.url, "/task", [{"input": _public(r)} for r in rows]))
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            wrong = c.post("/task", json={"model": str(run_dir), "task": "sst2", "input": {"sentence": "x"}})
-            text = c.post("/generate", json={"model": str(run_dir), "prompt": "hello"})
+            other_task = c.post("/task", json={"model": str(run_dir), "task": "sst2", "input": {"sentence": "x"}})
+            text = c.post("/generate", json={"model": str(run_dir), "prompt": "hello", "max_new_tokens": 2})
     finally:
         srv.stop()
+    kind = "classification_head" if model == "minilm" else "multiple_choice"
     for answer, expected in zip(answers, record["predictions"]):
         out = answer.json()
-        assert out["type"] == "classification_head" and out["prediction"] == expected["prediction"]
+        assert out["type"] == kind and out["prediction"] == expected["prediction"]
         assert out["loglikelihoods"] == pytest.approx(expected["scores"], abs=1e-4)
-    assert wrong.status_code == 422 and "fine-tuned on task 'toy_sentiment'" in wrong.json()["error"]
-    assert text.status_code == 422 and "does not generate text" in text.json()["error"]
+    if model == "minilm":
+        assert other_task.status_code == 422 and "fine-tuned on task 'toy_sentiment'" in other_task.json()["error"]
+        assert text.status_code == 422 and "does not generate text" in text.json()["error"]
+    else:
+        assert other_task.status_code == 200 and text.status_code == 200  # a language model serves any task
+        shift = max(
+            abs(a - b)
+            for x, y in zip(answers, base)
+            for a, b in zip(x.json()["loglikelihoods"], y.json()["loglikelihoods"])
+        )
+        assert shift > 1e-3  # the adapter is applied
 
 
 def test_json_body_must_be_an_object(client):
