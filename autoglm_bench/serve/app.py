@@ -245,7 +245,8 @@ class Service:
         )
         self._tasks: dict[tuple[str, str], TaskState] = {}
         self._task_lock = threading.Lock()  # Hydra composition and task loading, one at a time
-        self._embedder: Any = None
+        self._embedder: Any = None  # MiniLM, for prompt.demo_selection=nearest
+        self._embed_lock = threading.Lock()
 
     # ------------------------------------------------------------ resolving names
 
@@ -332,14 +333,14 @@ class Service:
                 cfg, target=f"{{% if {defined} %}}{cfg.target}{{% else %}}{placeholder}{{% endif %}}"
             )
         prompt = state.run.prompt
-        embed = None
-        if prompt.demo_selection == "nearest" and prompt.k_shot > 0:
-            with self._task_lock:
-                self._embedder = self._embedder or minilm_embedder()
-            embed = self._embedder
         view = Task(cfg=cfg, hook=state.task.hook, rows={"eval": [{**row, "_id": "input"}], **state.task.rows})
         try:
-            (example,) = render_examples(view, prompt, state.run.seed, embed)
+            if prompt.demo_selection == "nearest" and prompt.k_shot > 0:
+                with self._embed_lock:  # the embedder's memo is not thread-safe
+                    self._embedder = self._embedder or minilm_embedder()
+                    (example,) = render_examples(view, prompt, state.run.seed, self._embedder)
+            else:
+                (example,) = render_examples(view, prompt, state.run.seed)
         except ConfigError as exc:
             raise BadRequest(422, f"template error: {exc}") from None
         return example, has_target
@@ -412,7 +413,11 @@ class Service:
         if only is not None and cfg.type != only:
             raise BadRequest(422, f"task {cfg.name!r} is a {cfg.type} task; /classify takes multiple_choice tasks")
         self.check_new_tokens(body.max_new_tokens)
-        example, has_target = self.render(state, body.input)
+        if state.run.prompt.demo_selection == "nearest" and state.run.prompt.k_shot > 0:
+            # embeds the demo pool on first use (and each input): off the event loop, one at a time
+            example, has_target = await asyncio.to_thread(self.render, state, body.input)
+        else:
+            example, has_target = self.render(state, body.input)
         if spec.head:
             key: tuple = ("head", spec.name, state.key)
             kind = "classification_head"
