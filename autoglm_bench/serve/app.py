@@ -244,6 +244,7 @@ class Service:
             on_queue=self.metrics.queue_depth.set,
         )
         self._tasks: dict[tuple[str, str], TaskState] = {}
+        self._task_names = sorted({run.task.name, *group_options("task")})
         self._task_lock = threading.Lock()  # Hydra composition and task loading, one at a time
         self._embedder: Any = None  # MiniLM, for prompt.demo_selection=nearest
         self._embed_lock = threading.Lock()
@@ -257,8 +258,6 @@ class Service:
         return self.specs[name]
 
     def task_names(self) -> list[str]:
-        if not hasattr(self, "_task_names"):
-            self._task_names = sorted({self.run.task.name, *group_options("task")})
         return self._task_names
 
     async def task_state(self, name: str | None, spec: ModelSpec | None = None) -> TaskState:
