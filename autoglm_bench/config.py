@@ -44,6 +44,8 @@ SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("none", "median", "wilcoxon", "successive_halving", "hyperband")
 SECOND_OBJECTIVES = ("prompt_tokens",)
 SPACE_PARAMS = ("instruction", "template", "verbalizer", "k_shot", "demo_selection", "demo_order")
+BACKENDS = ("local", "ray")
+SERVE_POLICIES = ("fifo", "priority")
 
 
 class ConfigError(ValueError):
@@ -284,6 +286,32 @@ class LoggerConfig:
 
 
 @dataclass
+class RayConfig:
+    """backend=ray: method=evaluate shards the examples over Ray actors (autoglm_bench/distributed.py)."""
+
+    workers: int = 2  # actors, each loading the model once
+    address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); null: a local runtime
+    num_cpus: float = 1.0  # per actor (also its torch threads, rounded up)
+    num_gpus: float = 0.0  # per actor: 1 gives each actor a GPU of its own
+
+
+@dataclass
+class ServeConfig:
+    """python -m autoglm_bench.serve: the inference service (autoglm_bench/serve)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port (the server prints the one it got)
+    models: list[str] = field(default_factory=list)  # more models: conf/model options or finetune run dirs
+    batch_size: int = 16  # requests per forward pass at most; 1 turns batching off
+    max_wait_ms: float = 5.0  # how long the oldest queued request waits for a batch to fill
+    policy: str = "fifo"  # fifo | priority (a request's "priority": higher first, fifo among equals)
+    idle_release_s: float = 600.0  # a model unused this long is released
+    memory_budget_mb: float | None = None  # loading past this releases idle models, least recently used first
+    max_input_chars: int = 16000  # longer prompts or inputs are refused (413)
+    max_new_tokens: int = 512  # the most a request may ask for
+
+
+@dataclass
 class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -295,6 +323,9 @@ class RunConfig:
     hpo: HpoConfig = field(default_factory=HpoConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    backend: str = "local"  # local | ray (method=evaluate over Ray actors)
     data_dir: str | None = None
     seed: int = 0  # sampling and training: demos, initialisation, data order (never which rows are dev/test)
     split_seed: int = 0  # which rows are dev (and, without a train split, test): see autoglm_bench/splits.py
@@ -426,11 +457,43 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
     _one_of("logger", run.logger.name, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    _one_of("backend", run.backend, BACKENDS)
+    if run.backend == "ray":
+        if run.method.name != "evaluate":
+            raise ConfigError(f"backend=ray distributes method=evaluate only, got method={run.method.name}")
+        if run.ray.workers < 1 or run.ray.num_cpus <= 0 or run.ray.num_gpus < 0:
+            raise ConfigError(
+                f"ray needs workers >= 1, num_cpus > 0, num_gpus >= 0; got {run.ray.workers}, "
+                f"{run.ray.num_cpus}, {run.ray.num_gpus}"
+            )
     if run.method.name == "finetune":
         validate_finetune(run)
     if run.method.name == "prompt_search":
         validate_prompt_search(run)
     return run
+
+
+def validate_serve(run: RunConfig) -> None:
+    """The checks of the serve.* settings (python -m autoglm_bench.serve)."""
+    sv = run.serve
+    _one_of("serve.policy", sv.policy, SERVE_POLICIES)
+    if not 0 <= sv.port < 65536:
+        raise ConfigError(f"serve.port must be in 0..65535 (0: any free port), got {sv.port}")
+    if sv.batch_size < 1 or sv.max_wait_ms < 0 or sv.idle_release_s <= 0:
+        raise ConfigError(
+            f"serve needs batch_size >= 1, max_wait_ms >= 0, idle_release_s > 0; got {sv.batch_size}, "
+            f"{sv.max_wait_ms}, {sv.idle_release_s}"
+        )
+    if sv.memory_budget_mb is not None and sv.memory_budget_mb <= 0:
+        raise ConfigError(f"serve.memory_budget_mb must be > 0 (or null: no budget), got {sv.memory_budget_mb}")
+    if sv.max_input_chars < 1 or sv.max_new_tokens < 1:
+        raise ConfigError(
+            f"serve.max_input_chars and serve.max_new_tokens must be >= 1, got {sv.max_input_chars}, "
+            f"{sv.max_new_tokens}"
+        )
+    for name in sv.models:
+        if not Path(name).expanduser().is_dir():
+            _one_of("model in serve.models", name, group_options("model"), " (or a finetune run directory)")
 
 
 def validate_finetune(run: RunConfig) -> None:

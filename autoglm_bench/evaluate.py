@@ -27,7 +27,12 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
     examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed)
     dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed) if score_dev else []
     cache = open_cache(run.method)
-    lm = load_model(run.model)
+    if run.backend == "ray":  # Ray actors load the model; score_examples hands them the work
+        from .distributed import RayWorkers
+
+        lm = RayWorkers(run)
+    else:
+        lm = load_model(run.model)
     chat = chat_tokenizer(run.prompt, lm.tokenizer)
     load_s = time.perf_counter() - start
 
@@ -72,6 +77,8 @@ def score_examples(
     naive); generation: greedy generation, answer extracted as the task defines. ``chat_tokenizer``
     given: contexts go through its chat template.
     """
+    if getattr(lm, "distributed", False):  # backend=ray: autoglm_bench/distributed.py
+        return lm.score_examples(task, examples, method, chat_tokenizer)
     contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
     batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
