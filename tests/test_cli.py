@@ -25,6 +25,8 @@ def test_quickstart_writes_a_complete_result(tmp_path):
     acc = sum(p["prediction"] == p["target"] for p in result["predictions"]) / 200
     assert result["metrics"]["acc"] == pytest.approx(acc)  # the metric is what the predictions say
     assert result["config"]["model"]["tiny"]["hidden_size"] == 64  # the resolved config
+    assert result["config"]["task"]["generation"]["max_new_tokens"] == 64  # settings naming tokens are kept
+    assert result["config"]["peft"]["num_virtual_tokens"] == 16
     assert result["timings"]["eval_s"] > 0 and result["timings"]["tokens_per_s"] > 0
     assert result["cost"]["tokens_processed"] > 0
     assert {"python", "torch", "transformers", "device", "git_commit"} <= set(result["env"])

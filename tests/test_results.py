@@ -40,12 +40,44 @@ def test_write_results_requires_every_schema_field(tmp_path):
 
 def test_redact_drops_credential_like_values():
     cfg = {
-        "model": {"path": "x", "hf_token": "hf_abc"},
-        "logger": {"api_key": "k", "tags": ["a"]},
-        "db": [{"password": "p"}],
+        "model": {"path": "x", "hf_token": "hf_abc", "token": "t", "revision": "0123456789abcdef" * 2 + "01234567"},
+        "logger": {"api_key": "k", "WANDB_API_KEY": "w", "tags": ["a"], "secret": "s", "aws_secret_access_key": "a"},
+        "db": [{"password": "p", "passwd": "q", "client_secret": "c"}],
     }
     assert redact(cfg) == {
-        "model": {"path": "x", "hf_token": "<redacted>"},
-        "logger": {"api_key": "<redacted>", "tags": ["a"]},
-        "db": [{"password": "<redacted>"}],
+        "model": {"path": "x", "hf_token": "<redacted>", "token": "<redacted>", "revision": cfg["model"]["revision"]},
+        "logger": {
+            "api_key": "<redacted>",
+            "WANDB_API_KEY": "<redacted>",
+            "tags": ["a"],
+            "secret": "<redacted>",
+            "aws_secret_access_key": "<redacted>",
+        },
+        "db": [{"password": "<redacted>", "passwd": "<redacted>", "client_secret": "<redacted>"}],
+    }
+
+
+def test_redact_keeps_harmless_keys_that_mention_tokens():
+    """Generation length, virtual tokens, token counts: settings a result must record, not credentials."""
+    cfg = {
+        "task": {"generation": {"max_new_tokens": 64, "until": ["\n\n"]}},
+        "peft": {"num_virtual_tokens": 16},
+        "search": {"objectives": ["acc", "prompt_tokens"], "proposal": {"max_new_tokens": 48}},
+        "cost": {"tokens_processed": 100},
+        "model": {"tokenizer": "byte-level", "path": "THUDM/glm-4-9b-hf"},
+    }
+    assert redact(cfg) == cfg
+
+
+def test_redact_drops_values_that_look_like_credentials():
+    hf, openai, github = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678", "sk-" + "A1b2" * 8, "ghp_" + "x1Y2" * 9
+    cfg = {
+        "task": {"options": {"auth": hf, "note": f"Bearer {openai}"}},
+        "instructions": [github, "hf_style is fine", "sk-learn too"],
+        "hpo": {"storage": "postgresql+psycopg2://bench:hunter2@db.example/optuna"},
+    }
+    assert redact(cfg) == {
+        "task": {"options": {"auth": "<redacted>", "note": "Bearer <redacted>"}},
+        "instructions": ["<redacted>", "hf_style is fine", "sk-learn too"],
+        "hpo": {"storage": "postgresql+psycopg2://bench:<redacted>@db.example/optuna"},
     }
