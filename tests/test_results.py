@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -16,6 +18,19 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         write_json_atomic(path, {"a": object()})  # fails half-way through serialising
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_write_gives_the_file_the_umask_mode(tmp_path, umask, mode):
+    """Like every other file in a run directory (not mkstemp's 0600)."""
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+        write_json_atomic(tmp_path / "results.json", {"a": 2})  # replacing keeps it too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == mode
+    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 2}
 
 
 def test_write_results_requires_every_schema_field(tmp_path):
