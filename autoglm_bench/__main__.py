@@ -15,7 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, ConfigError, RunConfig, group_options, one_line, register_schemas, validate
+from .config import (
+    CONF_DIR,
+    ConfigError,
+    RunConfig,
+    group_options,
+    one_line,
+    register_schemas,
+    unknown_key_message,
+    validate,
+)
 
 register_schemas()
 
@@ -152,12 +161,11 @@ def describe_hydra_error(exc: BaseException) -> str:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment", "peft", "optim"):
             return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
-    cause = exc.__cause__
+    cause = exc.__cause__ or exc.__context__  # a bad key in a file arrives as the context
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key and cause.parent_node is not None:
-        allowed = ", ".join(str(k) for k in cause.parent_node.keys() if k != "hydra")
-        return f"unknown config key {cause.full_key!r}; allowed here: {allowed}"
+        return unknown_key_message(cause.full_key, [str(k) for k in cause.parent_node.keys()])
     message = one_line(exc)
     if cause is not None and one_line(cause) not in message:
         message = f"{message}: {one_line(cause)}"

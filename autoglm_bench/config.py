@@ -8,6 +8,8 @@ checks (allowed names, ranges, cross-field rules) and turns every failure into a
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -282,6 +284,7 @@ class RunConfig:
     dev_size: int = 200  # dev rows, drawn from the train split (or the eval split when there is none)
     limit: int | None = None
     threads: int | None = None  # torch CPU threads; null: the cores available / the jobs a launcher runs at once
+    tag: str | None = None  # a free label for report tables (`report --cols tag`); the run never reads it
 
 
 def register_schemas() -> None:
@@ -312,6 +315,31 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
 
 
+def unknown_key_message(full_key: str, allowed: list[str]) -> str:
+    """The one line for a config key the schema does not define, with the closest allowed key if any."""
+    allowed = [k for k in allowed if k != "hydra"]
+    close = difflib.get_close_matches(full_key.rpartition(".")[2], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {full_key!r}{hint}; allowed here: {', '.join(allowed)}"
+
+
+def check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Refuse a key the schema does not define. Hydra's ``+key=value`` (and ``++``) adds keys even to a
+    structured config, so a typo like ``+limt=5`` would otherwise be ignored; a typo in an experiment or
+    task file already fails at composition. Mappings the schema leaves free (``task.options``,
+    ``search.space.verbalizers``, ``hpo.space``) take any key."""
+    schema = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(schema):
+        allowed = [f.name for f in dataclasses.fields(schema)]
+        for key in cfg.keys():
+            if key not in allowed and not (key == "hydra" and not prefix):
+                raise ConfigError(unknown_key_message(f"{prefix}{key}", allowed))
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            check_known_keys(child, f"{prefix}{key}.")
+
+
 def _one_of(what: str, value: Any, allowed: tuple[str, ...] | list[str], where: str = "") -> None:
     if value not in allowed:
         raise ConfigError(f"unknown {what} {value!r}{where}; allowed: {', '.join(allowed)}")
@@ -333,6 +361,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     ConfigError: limit must be a positive number of examples (or null for all), got -1
     """
     if isinstance(cfg, DictConfig):
+        check_known_keys(cfg)
         try:
             run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         except Exception as exc:  # an unresolved interpolation or missing mandatory value
