@@ -36,6 +36,12 @@ SMALL = [
 ]
 
 
+def test_tpe_is_the_default_sampler():
+    """method=prompt_search needs no search= (conf/config.yaml picks search: tpe), as the README says."""
+    run = compose(["method=prompt_search"])
+    assert run.search.name == run.search.sampler == "tpe" and run.search.pruner == "wilcoxon"
+
+
 def running_trials(db: Path) -> int:
     import sqlite3
 
