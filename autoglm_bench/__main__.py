@@ -19,10 +19,11 @@ from .config import (
     CONF_DIR,
     ConfigError,
     RunConfig,
-    group_options,
+    check_task_choice,
     one_line,
     register_schemas,
     unknown_key_message,
+    unknown_option_message,
     validate,
 )
 
@@ -138,6 +139,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        check_task_choice(HydraConfig.get().runtime.choices.get("task"), cfg)
         record = execute(cfg, run_dir, multirun)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -160,7 +162,7 @@ def describe_hydra_error(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment", "peft", "optim"):
-            return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
+            return unknown_option_message(group, name)
     cause = exc.__cause__ or exc.__context__  # a bad key in a file arrives as the context
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -288,10 +288,12 @@ class RunConfig:
 
 
 def register_schemas() -> None:
-    """Register :class:`RunConfig` as ``base_config`` so conf/config.yaml can extend it."""
+    """Register :class:`RunConfig` as ``base_config`` so conf/config.yaml can extend it, and the
+    ``${config_groups:}`` resolver that ``--help`` lists the groups with."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="base_config", node=RunConfig)
+    OmegaConf.register_new_resolver("config_groups", config_groups_help, replace=True)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -306,13 +308,46 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return validate(hydra_compose(config_name="config", overrides=list(overrides)))
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    check_task_choice(cfg.hydra.runtime.choices.get("task"), cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return validate(cfg)
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: the YAML files in conf/<group>/ (task options live in tasks/)."""
+    """The options of a config group: the YAML files in conf/<group>/ (task options live in tasks/). Files
+    starting with "_" are base files that options extend (tasks/_bbh.yaml), not options."""
     folder = TASKS_DIR if group == "task" else CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def config_groups_help() -> str:
+    """``--help``'s list of groups and options (Hydra's own list would show base files as options)."""
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    return "\n".join(f"{group}: {', '.join(group_options(group))}" for group in groups)
+
+
+def unknown_option_message(group: str, name: str) -> str:
+    return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
+
+
+def check_task_choice(choice: str | None, cfg: DictConfig) -> None:
+    """``task=<choice>`` must pick a task file, not a base file, and the task's ``name`` must be its file
+    name (results, run directories and reports name a run by it)."""
+    if choice is None:
+        return
+    stem = choice.rpartition("/")[2]
+    if stem.startswith("_"):
+        raise ConfigError(unknown_option_message("task", choice))
+    name = OmegaConf.select(cfg, "task.name", throw_on_missing=False)
+    if name is None or OmegaConf.is_missing(cfg.task, "name"):
+        raise ConfigError(f"task file {stem}.yaml sets no task name; add 'name: {stem}'")
+    if name != stem:
+        raise ConfigError(
+            f"task file {stem}.yaml names its task {name!r}; a task's name must be its file name: "
+            f"set 'name: {stem}' or rename the file to {name}.yaml"
+        )
 
 
 def unknown_key_message(full_key: str, allowed: list[str]) -> str:

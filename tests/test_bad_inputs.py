@@ -36,6 +36,9 @@ CASES = [
     ("unknown task key added with +", ["+task.metrix=[acc]"], None, ["'task.metrix'", "did you mean 'metrics'"]),
     ("unknown key in an experiment file", ["+experiment=typo"], None, ["'limt'", "did you mean 'limit'"]),
     ("unknown key in a task file", ["task=typo"], None, ["'task.metrix'", "did you mean 'metrics'"]),
+    ("a base file as task", ["task=_bbh"], None, ["unknown task '_bbh'", "bbh_navigate"]),
+    ("task file naming another task", ["task=renamed"], None, ["renamed.yaml", "'sst2_copy'", "name: renamed"]),
+    ("task file without a name", ["task=nameless"], None, ["nameless.yaml", "name: nameless"]),
     ("wrong type", ["limit=many"], None, ["limit", "many"]),
     ("wrong type nested", ["prompt.k_shot=two"], None, ["k_shot", "two"]),
     ("negative limit", ["limit=-5"], None, ["limit", "-5"]),
@@ -82,6 +85,8 @@ if not torch.cuda.is_available():
 USER_CONF = {
     "experiment/typo.yaml": "# @package _global_\nlimt: 5\n",
     "task/typo.yaml": "defaults: [sst2, _self_]\nname: typo\nmetrix: [acc]\n",
+    "task/renamed.yaml": "defaults: [sst2, _self_]\nname: sst2_copy\n",
+    "task/nameless.yaml": "defaults: [_bbh, _self_]\nsource: {local: bbh/navigate.jsonl}\n",
 }
 
 

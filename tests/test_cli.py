@@ -58,6 +58,8 @@ def test_cfg_job_and_help_do_not_import_torch(tmp_path):
         assert group in helped.stdout.replace("task/", "task:")
     for option in ("sst2", "gsm8k", "bbh_navigate", "tiny_glm", "glm4_9b", "quickstart", "wandb"):
         assert option in helped.stdout
+    assert "_bbh" not in helped.stdout  # a base file that BBH tasks extend, not a task
+    assert "task: ag_news, bbh_boolean_expressions," in helped.stdout
 
 
 def test_sst2_full_validation_split(tmp_path, data_dir):
