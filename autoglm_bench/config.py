@@ -450,6 +450,11 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         raise ConfigError(f"unknown model.device {m.device!r}; allowed: auto, cpu, mps, cuda, cuda:N")
     if m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
         raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
+    if m.kind != "tiny_glm" and m.path and m.path.startswith(("/", "~", ".")):  # absolute, ~, ./, ../
+        folder = Path(m.path).expanduser()
+        if not folder.is_dir():  # else from_pretrained would take it for a malformed hub id
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"model.path {m.path!r} is a local path and {what} ({folder.resolve()})")
     if m.needs_remote_code and not m.trust_remote_code:
         raise ConfigError(
             f"model {m.name!r} ({m.path}) runs code from its repository; it stays off unless you pass "
