@@ -3,9 +3,11 @@ write results.json. Bad input of any kind ends in one line on stderr and exit st
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,11 @@ from .config import (
     unknown_option_message,
     validate,
 )
+from .logs import FILE_ONLY
+from .results import redact
 
 register_schemas()
+log = logging.getLogger("autoglm_bench")  # not __name__: run as a script this module is "__main__"
 
 
 def run_method(run: RunConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
@@ -85,13 +90,16 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     a sweep records the failed run and goes on.
     """
     run = validate(cfg)
+    log.info("config: %s", redact(config_summary(run)), extra=FILE_ONLY)
     random.seed(run.seed)
     import torch
 
     torch.manual_seed(run.seed)
     torch.set_num_threads(cpu_threads(run))
+    log.info("%s: started (%d torch threads)", run.method.name, torch.get_num_threads(), extra=FILE_ONLY)
+    start = time.perf_counter()
     from .loggers import log_run
-    from .results import env_info, redact, write_results
+    from .results import env_info, write_results
     from .stats import METRICS as STAT_METRICS
     from .stats import metric_stats
 
@@ -109,6 +117,7 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
         raise
     except Exception as exc:
         status = "pruned" if type(exc).__name__ == "TrialPruned" else "failed"  # a sweeper's pruner stopped it
+        log.error("%s %s: %s: %s", run.method.name, status, type(exc).__name__, exc, extra=FILE_ONLY)
         write_results(
             run_dir,
             {
@@ -129,9 +138,33 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     device = out.pop("device", None)
     record.update(status="completed", env={**env_info(device), "threads": torch.get_num_threads()}, **out)
     record["metric_stats"] = metric_stats([m for m in record["metrics"] if m in STAT_METRICS], record["predictions"])
-    write_results(run_dir, record)
+    path = write_results(run_dir, record)
+    timings = " ".join(
+        f"{k}={v:.1f}"
+        for k, v in record["timings"].items()
+        if k.endswith("_s") and not k.endswith("per_s") and v is not None
+    )
+    log.info(
+        "%s: finished in %.1f s (%s), %s examples scored; wrote %s",
+        run.method.name,
+        time.perf_counter() - start,
+        timings,
+        record["cost"].get("examples_scored"),
+        path,
+        extra=FILE_ONLY,
+    )
     log_run(run.logger, run_dir, record)
     return record
+
+
+def config_summary(run: RunConfig) -> str:
+    """One line naming what a run does (the whole config is in .hydra/config.yaml and results.json)."""
+    p = run.prompt
+    return (
+        f"task={run.task.name} model={run.model.name} ({run.model.path or run.model.kind}) method={run.method.name} "
+        f"prompt.template={p.template} prompt.k_shot={p.k_shot} seed={run.seed} split_seed={run.split_seed} "
+        f"dev_size={run.dev_size} limit={run.limit} data_dir={run.data_dir} tag={run.tag}"
+    )
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -142,15 +175,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
         check_task_choice(HydraConfig.get().runtime.choices.get("task"), cfg)
         record = execute(cfg, run_dir, multirun)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)  # the terminal's one line on stderr, and the run's log file
         if multirun:
             raise  # Hydra records the failed job, the sweep goes on, and the error is reported at the end
         raise SystemExit(2) from None
     metrics = record["metrics"]
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     n = len(record["predictions"])
-    print(f"{record['task']} | {record['model']} | {record['method']} | n={n} | {shown}")
-    print(f"run dir: {run_dir}")
+    log.info(f"{record['task']} | {record['model']} | {record['method']} | n={n} | {shown}")
+    log.info(f"run dir: {run_dir}")
     # What a Hydra sweeper optimises: the run's dev objective, never a metric of the reported test rows.
     return record.get("objective")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from ..config import RunConfig
 from .space import Candidate
 
+log = logging.getLogger(__name__)
 PLOT_NAMES = ("optimization_history", "param_importances", "pareto_front")
 
 
@@ -40,7 +42,7 @@ def write_outputs(
             files.append(f"{name}.png")
         except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials that differ
             skipped[name] = f"{type(exc).__name__}: {exc}"
-            print(f"plot {name} skipped: {exc}")
+            log.warning(f"plot {name} skipped: {exc}")
     return {"files": files, "plots_skipped": skipped}
 
 
@@ -98,11 +100,10 @@ class TrialLogger:
         attrs = trial.user_attrs
         value = attrs.get(f"dev_{self.metric}")
         shown = f"{value:.4f}" if value is not None else "-"
-        print(
+        log.info(
             f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
             f"{attrs.get('dev_examples', 0)} examples (scored {attrs.get('examples_scored', 0)}, cache hits "
-            f"{attrs.get('cache_hits', 0)}) {trial.params}",
-            flush=True,
+            f"{attrs.get('cache_hits', 0)}) {trial.params}"
         )
         if self.wandb_run is not None:
             self.wandb_run.log(
