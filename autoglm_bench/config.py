@@ -329,6 +329,7 @@ def config_groups_help() -> str:
 
 
 def unknown_option_message(group: str, name: str) -> str:
+    """The one line for an option a config group does not have."""
     return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
 
 
@@ -340,8 +341,8 @@ def check_task_choice(choice: str | None, cfg: DictConfig) -> None:
     stem = choice.rpartition("/")[2]
     if stem.startswith("_"):
         raise ConfigError(unknown_option_message("task", choice))
-    name = OmegaConf.select(cfg, "task.name", throw_on_missing=False)
-    if name is None or OmegaConf.is_missing(cfg.task, "name"):
+    name = OmegaConf.select(cfg, "task.name", throw_on_missing=False)  # None when the file sets none
+    if name is None:
         raise ConfigError(f"task file {stem}.yaml sets no task name; add 'name: {stem}'")
     if name != stem:
         raise ConfigError(
