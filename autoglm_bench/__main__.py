@@ -3,9 +3,11 @@ write results.json. Bad input of any kind ends in one line on stderr and exit st
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, ConfigError, RunConfig, group_options, one_line, register_schemas, validate
+from .config import (
+    CONF_DIR,
+    ConfigError,
+    RunConfig,
+    check_task_choice,
+    one_line,
+    register_schemas,
+    unknown_key_message,
+    unknown_option_message,
+    validate,
+)
+from .logs import FILE_ONLY
+from .results import redact
 
 register_schemas()
+log = logging.getLogger("autoglm_bench")  # not __name__: run as a script this module is "__main__"
 
 
 def run_method(run: RunConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
@@ -75,13 +90,16 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     a sweep records the failed run and goes on.
     """
     run = validate(cfg)
+    log.info("config: %s", redact(config_summary(run)), extra=FILE_ONLY)
     random.seed(run.seed)
     import torch
 
     torch.manual_seed(run.seed)
     torch.set_num_threads(cpu_threads(run))
+    log.info("%s: started (%d torch threads)", run.method.name, torch.get_num_threads(), extra=FILE_ONLY)
+    start = time.perf_counter()
     from .loggers import log_run
-    from .results import env_info, redact, write_results
+    from .results import env_info, write_results
     from .stats import METRICS as STAT_METRICS
     from .stats import metric_stats
 
@@ -99,6 +117,7 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
         raise
     except Exception as exc:
         status = "pruned" if type(exc).__name__ == "TrialPruned" else "failed"  # a sweeper's pruner stopped it
+        log.error("%s %s: %s: %s", run.method.name, status, type(exc).__name__, exc, extra=FILE_ONLY)
         write_results(
             run_dir,
             {
@@ -119,7 +138,21 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     device = out.pop("device", None)
     record.update(status="completed", env={**env_info(device), "threads": torch.get_num_threads()}, **out)
     record["metric_stats"] = metric_stats([m for m in record["metrics"] if m in STAT_METRICS], record["predictions"])
-    write_results(run_dir, record)
+    path = write_results(run_dir, record)
+    timings = " ".join(
+        f"{k}={v:.1f}"
+        for k, v in record["timings"].items()
+        if k.endswith("_s") and not k.endswith("per_s") and v is not None
+    )
+    log.info(
+        "%s: finished in %.1f s (%s), %s examples scored; wrote %s",
+        run.method.name,
+        time.perf_counter() - start,
+        timings,
+        record["cost"].get("examples_scored"),
+        path,
+        extra=FILE_ONLY,
+    )
     log_run(run.logger, run_dir, record)
     return record
 
@@ -137,19 +170,30 @@ def summary_line(record: dict[str, Any]) -> str:
     return f"{record['task']} | {record['model']} | {record['method']} | test n={n} | scored {scored} | {shown}"
 
 
+def config_summary(run: RunConfig) -> str:
+    """One line naming what a run does (the whole config is in .hydra/config.yaml and results.json)."""
+    p = run.prompt
+    return (
+        f"task={run.task.name} model={run.model.name} ({run.model.path or run.model.kind}) method={run.method.name} "
+        f"prompt.template={p.template} prompt.k_shot={p.k_shot} seed={run.seed} split_seed={run.split_seed} "
+        f"dev_size={run.dev_size} limit={run.limit} data_dir={run.data_dir} tag={run.tag}"
+    )
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        check_task_choice(HydraConfig.get().runtime.choices.get("task"), cfg)
         record = execute(cfg, run_dir, multirun)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)  # the terminal's one line on stderr, and the run's log file
         if multirun:
             raise  # Hydra records the failed job, the sweep goes on, and the error is reported at the end
         raise SystemExit(2) from None
-    print(summary_line(record))
-    print(f"run dir: {run_dir}")
+    log.info(summary_line(record))
+    log.info(f"run dir: {run_dir}")
     # What a Hydra sweeper optimises: the run's dev objective, never a metric of the reported test rows.
     return record.get("objective")
 
@@ -161,13 +205,12 @@ def describe_hydra_error(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment", "peft", "optim"):
-            return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
-    cause = exc.__cause__
+            return unknown_option_message(group, name)
+    cause = exc.__cause__ or exc.__context__  # a bad key in a file arrives as the context
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key and cause.parent_node is not None:
-        allowed = ", ".join(str(k) for k in cause.parent_node.keys() if k != "hydra")
-        return f"unknown config key {cause.full_key!r}; allowed here: {allowed}"
+        return unknown_key_message(cause.full_key, [str(k) for k in cause.parent_node.keys()])
     message = one_line(exc)
     if cause is not None and one_line(cause) not in message:
         message = f"{message}: {one_line(cause)}"

@@ -8,13 +8,15 @@ checks (allowed names, ranges, cross-field rules) and turns every failure into a
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -332,13 +334,16 @@ class RunConfig:
     dev_size: int = 200  # dev rows, drawn from the train split (or the eval split when there is none)
     limit: int | None = None
     threads: int | None = None  # torch CPU threads; null: the cores available / the jobs a launcher runs at once
+    tag: str | None = None  # a free label for report tables (`report --cols tag`); the run never reads it
 
 
 def register_schemas() -> None:
-    """Register :class:`RunConfig` as ``base_config`` so conf/config.yaml can extend it."""
+    """Register :class:`RunConfig` as ``base_config`` so conf/config.yaml can extend it, and the
+    ``${config_groups:}`` resolver that ``--help`` lists the groups with."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="base_config", node=RunConfig)
+    OmegaConf.register_new_resolver("config_groups", config_groups_help, replace=True)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -353,13 +358,72 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return validate(hydra_compose(config_name="config", overrides=list(overrides)))
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    check_task_choice(cfg.hydra.runtime.choices.get("task"), cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return validate(cfg)
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: the YAML files in conf/<group>/ (task options live in tasks/)."""
+    """The options of a config group: the YAML files in conf/<group>/ (task options live in tasks/). Files
+    starting with "_" are base files that options extend (tasks/_bbh.yaml), not options."""
     folder = TASKS_DIR if group == "task" else CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def config_groups_help() -> str:
+    """``--help``'s list of groups and options (Hydra's own list would show base files as options)."""
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    return "\n".join(f"{group}: {', '.join(group_options(group))}" for group in groups)
+
+
+def unknown_option_message(group: str, name: str) -> str:
+    """The one line for an option a config group does not have."""
+    return f"unknown {group} {name!r}; available: {', '.join(group_options(group))}"
+
+
+def check_task_choice(choice: str | None, cfg: DictConfig) -> None:
+    """``task=<choice>`` must pick a task file, not a base file, and the task's ``name`` must be its file
+    name (results, run directories and reports name a run by it)."""
+    if choice is None:
+        return
+    stem = choice.rpartition("/")[2]
+    if stem.startswith("_"):
+        raise ConfigError(unknown_option_message("task", choice))
+    name = OmegaConf.select(cfg, "task.name", throw_on_missing=False)  # None when the file sets none
+    if name is None:
+        raise ConfigError(f"task file {stem}.yaml sets no task name; add 'name: {stem}'")
+    if name != stem:
+        raise ConfigError(
+            f"task file {stem}.yaml names its task {name!r}; a task's name must be its file name: "
+            f"set 'name: {stem}' or rename the file to {name}.yaml"
+        )
+
+
+def unknown_key_message(full_key: str, allowed: list[str]) -> str:
+    """The one line for a config key the schema does not define, with the closest allowed key if any."""
+    allowed = [k for k in allowed if k != "hydra"]
+    close = difflib.get_close_matches(full_key.rpartition(".")[2], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {full_key!r}{hint}; allowed here: {', '.join(allowed)}"
+
+
+def check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Refuse a key the schema does not define. Hydra's ``+key=value`` (and ``++``) adds keys even to a
+    structured config, so a typo like ``+limt=5`` would otherwise be ignored; a typo in an experiment or
+    task file already fails at composition. Mappings the schema leaves free (``task.options``,
+    ``search.space.verbalizers``, ``hpo.space``) take any key."""
+    schema = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(schema):
+        allowed = [f.name for f in dataclasses.fields(schema)]
+        for key in cfg.keys():
+            if key not in allowed and not (key == "hydra" and not prefix):
+                raise ConfigError(unknown_key_message(f"{prefix}{key}", allowed))
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            check_known_keys(child, f"{prefix}{key}.")
 
 
 def _one_of(what: str, value: Any, allowed: tuple[str, ...] | list[str], where: str = "") -> None:
@@ -383,6 +447,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     ConfigError: limit must be a positive number of examples (or null for all), got -1
     """
     if isinstance(cfg, DictConfig):
+        check_known_keys(cfg)
         try:
             run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         except Exception as exc:  # an unresolved interpolation or missing mandatory value
@@ -442,6 +507,11 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         raise ConfigError(f"unknown model.device {m.device!r}; allowed: auto, cpu, mps, cuda, cuda:N")
     if m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
         raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
+    if m.kind != "tiny_glm" and m.path and m.path.startswith(("/", "~", ".")):  # absolute, ~, ./, ../
+        folder = Path(m.path).expanduser()
+        if not folder.is_dir():  # else from_pretrained would take it for a malformed hub id
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"model.path {m.path!r} is a local path and {what} ({folder.resolve()})")
     if m.needs_remote_code and not m.trust_remote_code:
         raise ConfigError(
             f"model {m.name!r} ({m.path}) runs code from its repository; it stays off unless you pass "

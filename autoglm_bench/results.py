@@ -18,7 +18,7 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,55 @@ RESULT_FIELDS = (
     "cost",
     "env",
 )
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.IGNORECASE)
+# A key names a credential when its last word (words split at "_", "-", "." and camelCase humps, case
+# ignored) is one of _SECRET_WORDS, or its last two words are one of _SECRET_PAIRS: hf_token, token,
+# api_key, WANDB_API_KEY, password, client_secret, aws_secret_access_key. Keys that merely mention tokens
+# (max_new_tokens, num_virtual_tokens, prompt_tokens) are settings and are kept.
+_SECRET_WORDS = {"token", "password", "passwd", "secret", "apikey", "credential", "credentials"}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"), ("auth", "key")}
+# Values that look like credentials wherever they appear: Hugging Face, OpenAI-style, GitHub and Slack
+# tokens and AWS access key ids (their documented prefixes and a long random tail), and the password of a
+# URL (an RDB storage URL). Hex digests are not matched: a model revision is one.
+_SECRET_VALUE = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})\b"
+)
+_URL_PASSWORD = re.compile(r"(?<=://)([^/:@\s]*):([^/@\s]+)@")
+REDACTED = "<redacted>"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key names a credential (see _SECRET_WORDS).
+
+    >>> is_secret_key("hf_token"), is_secret_key("WANDB_API_KEY"), is_secret_key("max_new_tokens")
+    (True, True, False)
+    """
+    words = [w for w in re.split(r"[_\-.\s]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()) if w]
+    return bool(words) and (words[-1] in _SECRET_WORDS or tuple(words[-2:]) in _SECRET_PAIRS)
 
 
 def redact(value: Any) -> Any:
-    """Drop the values of keys that look like credentials, anywhere in a nested config."""
+    """Replace credentials anywhere in a nested config with "<redacted>": the values of keys that name a
+    credential, and in every string the parts that look like one (a token, a URL's password).
+
+    >>> redact({"hf_token": "abc", "max_new_tokens": 64, "storage": "postgresql://me:pw@db/x"})
+    {'hf_token': '<redacted>', 'max_new_tokens': 64, 'storage': 'postgresql://me:<redacted>@db/x'}
+    """
     if isinstance(value, dict):
-        return {k: "<redacted>" if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
+        return {k: REDACTED if is_secret_key(str(k)) else redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", _SECRET_VALUE.sub(REDACTED, value))
     return value
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync it, then rename over ``path``."""
+    """Write JSON to a temporary file in the same folder, fsync it, then rename over ``path``. The file gets
+    the mode of any file the process creates (0644 under umask 022), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2, ensure_ascii=False, allow_nan=True)

@@ -20,6 +20,7 @@ CategoricalDistribution(choices=(4, 8))
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -33,6 +34,7 @@ from .config import PRUNERS, SAMPLERS, ConfigError, one_line
 if TYPE_CHECKING:
     import optuna
 
+log = logging.getLogger(__name__)
 RETRIES = 1  # a trial whose process died is re-run once with its parameters
 
 
@@ -374,7 +376,7 @@ def run_trials(
         runnable = waiting + max(0, n_trials - sum(counts(t, retried) for t in trials))
         if runnable == 0:  # the rest are running elsewhere (or died: they go stale and are re-queued)
             running = [t.number for t in trials if t.state.name == "RUNNING"]
-            print(f"study {study.study_name}: waiting for running trials {running}", flush=True)
+            log.info(f"study {study.study_name}: waiting for running trials {running}")
             time.sleep(wait)
             continue
         batch: list[optuna.Trial] = []
@@ -445,5 +447,5 @@ def run_objective(objective: Callable[[optuna.Trial], Any], trial: optuna.Trial)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded on the trial as its fail reason
-        print(f"trial {trial.number} failed: {type(exc).__name__}: {exc}", flush=True)
+        log.warning(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
         return Outcome(error=f"{type(exc).__name__}: {exc}")

@@ -103,7 +103,7 @@ cell() {
   if [[ -z "$seeds" ]]; then echo "== $task / $tag: all seeds done"; return; fi
   echo "== $task / $tag: seeds $seeds"
   launched=$((launched + $(tr ',' '\n' <<< "$seeds" | wc -l)))
-  "$PYTHON" -m autoglm_bench -m "task=$task" "+tag=$tag" "seed=$seeds" "${COMMON[@]}" "$@" \
+  "$PYTHON" -m autoglm_bench -m "task=$task" "tag=$tag" "seed=$seeds" "${COMMON[@]}" "$@" \
     "hydra.sweep.dir=$dir" 'hydra.sweep.subdir=seed${seed}'
 }
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 
 import pytest
 
@@ -28,11 +31,38 @@ def test_quickstart_writes_a_complete_result(tmp_path):
     acc = sum(p["prediction"] == p["target"] for p in result["predictions"]) / 200
     assert result["metrics"]["acc"] == pytest.approx(acc)  # the metric is what the predictions say
     assert result["config"]["model"]["tiny"]["hidden_size"] == 64  # the resolved config
+    assert result["config"]["task"]["generation"]["max_new_tokens"] == 64  # settings naming tokens are kept
+    assert result["config"]["peft"]["num_virtual_tokens"] == 16
     assert result["timings"]["eval_s"] > 0 and result["timings"]["tokens_per_s"] > 0
     assert result["cost"]["tokens_processed"] > 0
     assert {"python", "torch", "transformers", "device", "git_commit"} <= set(result["env"])
     assert (run_dir / "metrics.csv").read_text().startswith("task,model,method,seed,acc,acc_norm")
     assert not list(run_dir.glob(".results.json*"))  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((run_dir / "results.json").stat().st_mode) == 0o666 & ~umask  # like the other files
+
+
+def test_the_run_log_file_gets_the_run_lines_and_the_terminal_only_the_results(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("+experiment=quickstart", "limit=10", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    metrics_line = "toy_sentiment | tiny_glm | evaluate | n=10 | acc="
+    terminal = proc.stdout.splitlines()
+    assert len(terminal) == 2 and terminal[0].startswith(metrics_line) and terminal[1] == f"run dir: {run_dir}"
+    log = (run_dir / "toy_sentiment.log").read_text().splitlines()  # Hydra's job log file, named for the task
+    stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\]\[autoglm_bench[.\w]*\]\[[A-Z]+\] - "  # time, logger, level
+    assert all(re.match(stamp, line) for line in log), log
+    messages = [ln.split("] - ", 1)[1] for ln in log]
+    assert messages[0].startswith("config: task=toy_sentiment model=tiny_glm") and "limit=10" in messages[0]
+    assert any(m.startswith("evaluate: finished in") and "results.json" in m for m in messages)
+    assert messages[-2:] == terminal  # the final metrics line and the run dir
+
+    failed = run_cli("limit=-5", f"hydra.run.dir={tmp_path / 'bad'}")  # an error: one line on stderr, and logged
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
+        "error: limit must be a positive number of examples (or null for all), got -5"
+    ]
+    assert "[ERROR] - limit must be a positive number" in (tmp_path / "bad" / "toy_sentiment.log").read_text()
 
 
 def test_cfg_job_and_help_do_not_import_torch(tmp_path):
@@ -59,6 +89,8 @@ def test_cfg_job_and_help_do_not_import_torch(tmp_path):
         assert group in helped.stdout.replace("task/", "task:")
     for option in ("sst2", "gsm8k", "bbh_navigate", "tiny_glm", "glm4_9b", "quickstart", "wandb"):
         assert option in helped.stdout
+    assert "_bbh" not in helped.stdout  # a base file that BBH tasks extend, not a task
+    assert "task: ag_news, bbh_boolean_expressions," in helped.stdout
 
 
 def test_sst2_full_validation_split(tmp_path, data_dir):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -16,6 +18,19 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         write_json_atomic(path, {"a": object()})  # fails half-way through serialising
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_write_gives_the_file_the_umask_mode(tmp_path, umask, mode):
+    """Like every other file in a run directory (not mkstemp's 0600)."""
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+        write_json_atomic(tmp_path / "results.json", {"a": 2})  # replacing keeps it too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == mode
+    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 2}
 
 
 def test_write_results_requires_every_schema_field(tmp_path):
@@ -40,12 +55,44 @@ def test_write_results_requires_every_schema_field(tmp_path):
 
 def test_redact_drops_credential_like_values():
     cfg = {
-        "model": {"path": "x", "hf_token": "hf_abc"},
-        "logger": {"api_key": "k", "tags": ["a"]},
-        "db": [{"password": "p"}],
+        "model": {"path": "x", "hf_token": "hf_abc", "token": "t", "revision": "0123456789abcdef" * 2 + "01234567"},
+        "logger": {"api_key": "k", "WANDB_API_KEY": "w", "tags": ["a"], "secret": "s", "aws_secret_access_key": "a"},
+        "db": [{"password": "p", "passwd": "q", "client_secret": "c"}],
     }
     assert redact(cfg) == {
-        "model": {"path": "x", "hf_token": "<redacted>"},
-        "logger": {"api_key": "<redacted>", "tags": ["a"]},
-        "db": [{"password": "<redacted>"}],
+        "model": {"path": "x", "hf_token": "<redacted>", "token": "<redacted>", "revision": cfg["model"]["revision"]},
+        "logger": {
+            "api_key": "<redacted>",
+            "WANDB_API_KEY": "<redacted>",
+            "tags": ["a"],
+            "secret": "<redacted>",
+            "aws_secret_access_key": "<redacted>",
+        },
+        "db": [{"password": "<redacted>", "passwd": "<redacted>", "client_secret": "<redacted>"}],
+    }
+
+
+def test_redact_keeps_harmless_keys_that_mention_tokens():
+    """Generation length, virtual tokens, token counts: settings a result must record, not credentials."""
+    cfg = {
+        "task": {"generation": {"max_new_tokens": 64, "until": ["\n\n"]}},
+        "peft": {"num_virtual_tokens": 16},
+        "search": {"objectives": ["acc", "prompt_tokens"], "proposal": {"max_new_tokens": 48}},
+        "cost": {"tokens_processed": 100},
+        "model": {"tokenizer": "byte-level", "path": "THUDM/glm-4-9b-hf"},
+    }
+    assert redact(cfg) == cfg
+
+
+def test_redact_drops_values_that_look_like_credentials():
+    hf, openai, github = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678", "sk-" + "A1b2" * 8, "ghp_" + "x1Y2" * 9
+    cfg = {
+        "task": {"options": {"auth": hf, "note": f"Bearer {openai}"}},
+        "instructions": [github, "hf_style is fine", "sk-learn too"],
+        "hpo": {"storage": "postgresql+psycopg2://bench:hunter2@db.example/optuna"},
+    }
+    assert redact(cfg) == {
+        "task": {"options": {"auth": "<redacted>", "note": "Bearer <redacted>"}},
+        "instructions": ["<redacted>", "hf_style is fine", "sk-learn too"],
+        "hpo": {"storage": "postgresql+psycopg2://bench:<redacted>@db.example/optuna"},
     }

@@ -36,6 +36,12 @@ SMALL = [
 ]
 
 
+def test_tpe_is_the_default_sampler():
+    """method=prompt_search needs no search= (conf/config.yaml picks search: tpe), as the README says."""
+    run = compose(["method=prompt_search"])
+    assert run.search.name == run.search.sampler == "tpe" and run.search.pruner == "wilcoxon"
+
+
 def running_trials(db: Path) -> int:
     import sqlite3
 
@@ -121,6 +127,10 @@ def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
     assert sorted(p["id"] for p in a["dev_predictions"]) == sorted(splits["dev_ids"])
     assert a["cost"]["examples_scored"] > 0 and a["search"]["trials"]["finished"] == 4
     assert a["prompt_example"] in (tmp_path / "a" / "best_prompt.txt").read_text()
+    trial_lines = [line for line in first.stdout.splitlines() if line.startswith("trial ")]
+    assert len(trial_lines) == 4  # the terminal shows each trial, and so does the run's log file
+    log = (tmp_path / "a" / "toy_sentiment.log").read_text()
+    assert all(f"[autoglm_bench.search.outputs][INFO] - {line}\n" in log for line in trial_lines), log
 
     second = run_cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from ..config import RunConfig
 from .space import Candidate
 
+log = logging.getLogger(__name__)
 PLOT_TITLES = {
     "optimization_history": "Optimization history",
     "param_importances": "Prompt parameter importances",
@@ -62,7 +64,7 @@ def write_outputs(
             files.append(f"{name}.png")
         except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials that differ
             skipped[name] = f"{type(exc).__name__}: {exc}"
-            print(f"plot {name} skipped: {exc}")
+            log.warning(f"plot {name} skipped: {exc}")
     return {"files": files, "plots_skipped": skipped}
 
 
@@ -147,10 +149,9 @@ class TrialLogger:
             cost = f"same prompts as trial {attrs['duplicate_of']}, not scored again"
         else:
             cost = f"scored {attrs.get('examples_scored', 0)}, cache hits {attrs.get('cache_hits', 0)}"
-        print(
+        log.info(
             f"trial {trial.number:>3} {trial.state.name.lower():<8} dev {self.metric}={shown} on "
-            f"{attrs.get('dev_examples', 0)} examples ({cost}) {trial.params}",
-            flush=True,
+            f"{attrs.get('dev_examples', 0)} examples ({cost}) {trial.params}"
         )
         numbers = {f"trial/{k}": v for k, v in attrs.items() if isinstance(v, (int, float)) and k != "duplicate_of"}
         if self.wandb_run is not None:

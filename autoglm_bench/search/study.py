@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +38,8 @@ from ..tasks import load_task
 from .evaluation import Evaluator, demo_pool, is_correct, minibatch_ends
 from .proposal import instruction_history, meta_prompt, propose_instruction
 from .space import PROPOSED, Candidate, PromptSpace, candidate_from_params
+
+log = logging.getLogger(__name__)
 
 
 def default_study_name(run: RunConfig, space: PromptSpace) -> str:
@@ -231,7 +234,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     logger = TrialLogger(run, run_dir)
     search_start = time.perf_counter()
     if wanted > finished_before:
-        print(f"study {study.study_name}: {finished_before} of {wanted} trials finished; running the rest")
+        log.info(f"study {study.study_name}: {finished_before} of {wanted} trials finished; running the rest")
     objective = Objective(run, space, evaluator, splits, proposer)
     run_trials(study, wanted, lambda trials: [run_objective(objective, t) for t in trials], on_trial=logger)
     search_s = time.perf_counter() - search_start

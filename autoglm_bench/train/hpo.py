@@ -61,7 +61,7 @@ def trial_pruner(run: RunConfig) -> Any:
 
 def default_study_name(run: RunConfig, space: dict[str, str]) -> str:
     """``<task>-<model>-<peft>-<hash>`` of what changes a trial's result (config less the search budget)."""
-    keyed = {k: v for k, v in asdict(run).items() if k not in ("hpo", "logger")}
+    keyed = {k: v for k, v in asdict(run).items() if k not in ("hpo", "logger", "tag")}  # tag: a label only
     keyed["hpo"] = {"space": space, "sampler": run.hpo.sampler, "pruner": run.hpo.pruner}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{run.task.name}-{run.model.name}-{run.peft.method}-{digest}"
