@@ -78,7 +78,7 @@ CASES = [
         {"validation": GOOD_ROWS},
         ["k_shot=50", "0 train rows"],
     ),
-    ("unknown logger", ["logger.name=tensorboard"], None, ["tensorboard", "wandb"]),
+    ("unknown logger", ["logger.name=mlflow"], None, ["mlflow", "tensorboard"]),
 ]
 if not torch.cuda.is_available():
     CASES.append(("cuda without a GPU", ["model.device=cuda"], None, ["cuda", "no CUDA device"]))

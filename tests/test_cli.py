@@ -47,7 +47,7 @@ def test_the_run_log_file_gets_the_run_lines_and_the_terminal_only_the_results(t
     run_dir = tmp_path / "run"
     proc = run_cli("+experiment=quickstart", "limit=10", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
-    metrics_line = "toy_sentiment | tiny_glm | evaluate | n=10 | acc="
+    metrics_line = "toy_sentiment | tiny_glm | evaluate | test n=10 | scored "
     terminal = proc.stdout.splitlines()
     assert len(terminal) == 2 and terminal[0].startswith(metrics_line) and terminal[1] == f"run dir: {run_dir}"
     log = (run_dir / "toy_sentiment.log").read_text().splitlines()  # Hydra's job log file, named for the task
