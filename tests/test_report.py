@@ -152,7 +152,7 @@ def test_report_bad_input_is_one_line_exit_2(runs, args, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
     if "config key" in message:
-        assert "top-level config keys: data_dir," in proc.stderr
+        assert "top-level config keys: backend, data_dir, dev_size," in proc.stderr
 
 
 def test_compare_bad_input_is_one_line_exit_2(runs, tmp_path):
