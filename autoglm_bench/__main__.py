@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, ConfigError, RunConfig, group_options, one_line, register_schemas, validate
+from .threads import available_cpus, choose_threads, use_threads
 
 register_schemas()
 
@@ -60,12 +61,10 @@ def parallel_jobs(cores: int) -> int:
 
 
 def cpu_threads(run: RunConfig) -> int:
-    """``threads=``, else this job's share of the cores it may use: two parallel jobs on 2 cores get one
-    thread each (oversubscribed cores made small models many times slower)."""
-    if run.threads is not None:
-        return run.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // parallel_jobs(cores))
+    """``threads=``, else this job's share of the CPUs it may use (affinity, cgroup quota; see
+    :mod:`autoglm_bench.threads`): two parallel jobs on 2 CPUs get one thread each (oversubscribed cores
+    made small models many times slower)."""
+    return choose_threads(parallel_jobs(available_cpus()), run.threads)
 
 
 def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     import torch
 
     torch.manual_seed(run.seed)
-    torch.set_num_threads(cpu_threads(run))
+    use_threads(cpu_threads(run))
     from .loggers import log_run
     from .results import env_info, redact, write_results
     from .stats import METRICS as STAT_METRICS
