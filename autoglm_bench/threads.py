@@ -86,7 +86,7 @@ def use_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        torch.set_interop_threads(1)
+        torch.set_num_interop_threads(1)
     except RuntimeError:  # the inter-op pool has started (set once per process): it stays as it is
         pass
     if threads == 1:

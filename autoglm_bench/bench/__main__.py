@@ -10,6 +10,7 @@ BENCHMARKS = {
     "train": "autoglm_bench.bench.train",
     "search": "autoglm_bench.bench.search",
     "task-glm": "autoglm_bench.bench.task_glm",
+    "lmeval": "autoglm_bench.bench.lmeval",
 }
 
 
