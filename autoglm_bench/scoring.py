@@ -3,17 +3,17 @@
 Two request types, as in lm-evaluation-harness: ``loglikelihood`` (a context and its candidate
 continuations -> summed log-probability of each continuation) and ``generate_until``.
 
-The batched scorer runs each batch in (at most) two forward passes:
-
-1. the contexts, right-padded, once per example however many choices it has. Only the logits at
-   each context's last position are projected to the vocabulary (``logits_to_keep``), because for
-   a small model with GLM-4's 151k vocabulary the full-sequence projection is most of the cost;
-2. every choice's remaining continuation tokens, right-padded, on top of its own context's KV cache
-   (the cache rows are gathered per choice), so only continuation positions are projected.
+The batched scorer runs each batch in one forward pass. A row holds an example's context once and
+then, side by side, each of its choices without the last token, each at the positions it would have
+right after the context; a block attention mask keeps the choices from seeing each other (only when a
+row has two or more multi-token choices: otherwise causal attention over right padding is already
+exact at every position read, and no mask is passed). The output head and the log-softmax run only
+at the positions whose next token is a continuation token: for a small model with GLM-4's 151k
+vocabulary the full-sequence projection would be most of the cost.
 
 When every context starts with the same tokens (a k-shot block, a long instruction), that prefix is
-run once and its KV cache is copied under each batch, so pass 1 only sees the per-example suffixes.
-Requests are sorted by length, longest first, so padding is small and a memory error shows early.
+run once and its KV cache is copied under each batch, so the rows only hold the per-example suffixes.
+Requests are sorted by row length, longest first, so padding is small and a memory error shows early.
 :func:`loglikelihood_naive` is the reference: one full forward pass per (context, continuation).
 """
 

@@ -14,10 +14,10 @@ pairs, lm-eval first in odd ones) and the table shows medians and the median of 
 beside the number of identical predictions (argmax of the per-choice log-likelihoods) and the largest
 log-likelihood difference.
 
-``--build-vocab V`` first writes an untrained ~80M-parameter GLM-4 body (hidden 768, 12 layers, 12
-heads, 4 KV heads, MLP 2048) with a V-token output vocabulary into ``--model-dir`` (the 4,096-token BPE
-tokenizer of tiny_glm in both cases, so only the embedding and output projection grow): ``4096`` and
-GLM-4's ``151552``. Untrained weights are enough for timing.
+``--build-vocab V`` first writes an untrained GLM-4 (hidden 768, 12 layers, 12 heads, 4 KV heads, MLP
+2048: 76M parameters besides the embeddings) with a V-token vocabulary into ``--model-dir``: ``4096``
+(82M parameters) or GLM-4's ``151552`` (308M). Both use tiny_glm's 4,096-token BPE tokenizer, so only
+the embedding and output projection grow. Untrained weights are enough for timing.
 """
 
 from __future__ import annotations
@@ -110,9 +110,12 @@ def thread_env(threads: int) -> dict[str, str]:
 def build_glm4(folder: Path, vocab_size: int, seed: int = 0) -> str:
     """Write (once) an untrained ~80M GLM-4 body with a ``vocab_size`` output vocabulary into ``folder``."""
     import torch
+    import transformers
     from transformers import Glm4Config, Glm4ForCausalLM
 
     from autoglm_bench.models import train_tokenizer
+
+    transformers.logging.disable_progress_bar()
 
     if (folder / "config.json").is_file():
         found = json.loads((folder / "config.json").read_text()).get("vocab_size")
