@@ -27,7 +27,7 @@ def test_lmeval_benchmark_runs_both_sides_on_the_same_rows(tmp_path, data_dir):
     for side in ("ours", "lm-eval"):
         wall, score, cpu = re.search(rf"^{side}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", proc.stdout, re.M).groups()
         assert float(wall) > 0 and float(cpu) > 0, proc.stdout
-    assert re.search(r"end to end \d+\.\d\dx, scoring \d+\.\d\dx", proc.stdout), proc.stdout
+    assert re.search(r"end to end \d+\.\d\dx, scoring \d+\.\d\dx, CPU seconds \d+\.\d\dx", proc.stdout), proc.stdout
     same = int(re.search(r"identical predictions (\d+)/6;", proc.stdout).group(1))
     assert 0 <= same <= 6
 
