@@ -203,14 +203,15 @@ def lmeval_command(args: argparse.Namespace, model_dir: Path, task_name: str, th
 
 def _timed(name: str, command: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
     """Run one side to completion; its wall and CPU seconds, scoring seconds and per-example log-likelihoods."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # small: both sides log little
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {name} failed (exit {proc.returncode}):\n{stderr[-3000:]}{stdout[-1000:]}")
+    log = work / f"{name}.log"  # a file, not a pipe: progress bars would fill a pipe and block the child
+    with log.open("w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    code = proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here (for its rusage), not by Popen
+    if code != 0:
+        raise SystemExit(f"error: {name} failed (exit {code}):\n{log.read_text()[-4000:]}")
     if name == "ours":
         result = json.loads((work / "ours" / "results.json").read_text())
         lls = [p["scores"] for p in result["predictions"]]
