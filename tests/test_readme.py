@@ -64,5 +64,8 @@ def test_readme_command_parses(module, args):
     else:
         import importlib
 
-        parser = importlib.import_module(module).build_parser()
+        entry = importlib.import_module(module)
+        if not hasattr(entry, "build_parser"):  # a package: its __main__ (python -m autoglm_bench.bench)
+            entry = importlib.import_module(f"{module}.__main__")
+        parser = entry.build_parser()
         parser.parse_args(args)
