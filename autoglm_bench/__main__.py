@@ -30,6 +30,7 @@ from .config import (
 )
 from .logs import FILE_ONLY
 from .results import redact
+from .threads import available_cpus, choose_threads, use_threads
 
 register_schemas()
 log = logging.getLogger("autoglm_bench")  # not __name__: run as a script this module is "__main__"
@@ -75,12 +76,10 @@ def parallel_jobs(cores: int) -> int:
 
 
 def cpu_threads(run: RunConfig) -> int:
-    """``threads=``, else this job's share of the cores it may use: two parallel jobs on 2 cores get one
-    thread each (oversubscribed cores made small models many times slower)."""
-    if run.threads is not None:
-        return run.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // parallel_jobs(cores))
+    """``threads=``, else this job's share of the CPUs it may use (affinity, cgroup quota; see
+    :mod:`autoglm_bench.threads`): two parallel jobs on 2 CPUs get one thread each (oversubscribed cores
+    made small models many times slower)."""
+    return choose_threads(parallel_jobs(available_cpus()), run.threads)
 
 
 def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
@@ -95,7 +94,7 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     import torch
 
     torch.manual_seed(run.seed)
-    torch.set_num_threads(cpu_threads(run))
+    use_threads(cpu_threads(run))
     log.info("%s: started (%d torch threads)", run.method.name, torch.get_num_threads(), extra=FILE_ONLY)
     start = time.perf_counter()
     from .loggers import log_run

@@ -3,17 +3,17 @@
 Two request types, as in lm-evaluation-harness: ``loglikelihood`` (a context and its candidate
 continuations -> summed log-probability of each continuation) and ``generate_until``.
 
-The batched scorer runs each batch in (at most) two forward passes:
-
-1. the contexts, right-padded, once per example however many choices it has. Only the logits at
-   each context's last position are projected to the vocabulary (``logits_to_keep``), because for
-   a small model with GLM-4's 151k vocabulary the full-sequence projection is most of the cost;
-2. every choice's remaining continuation tokens, right-padded, on top of its own context's KV cache
-   (the cache rows are gathered per choice), so only continuation positions are projected.
+The batched scorer runs each batch in one forward pass. A row holds an example's context once and
+then, side by side, each of its choices without the last token, each at the positions it would have
+right after the context; a block attention mask keeps the choices from seeing each other (only when a
+row has two or more multi-token choices: otherwise causal attention over right padding is already
+exact at every position read, and no mask is passed). The output head and the log-softmax run only
+at the positions whose next token is a continuation token: for a small model with GLM-4's 151k
+vocabulary the full-sequence projection would be most of the cost.
 
 When every context starts with the same tokens (a k-shot block, a long instruction), that prefix is
-run once and its KV cache is copied under each batch, so pass 1 only sees the per-example suffixes.
-Requests are sorted by length, longest first, so padding is small and a memory error shows early.
+run once and its KV cache is copied under each batch, so the rows only hold the per-example suffixes.
+Requests are sorted by row length, longest first, so padding is small and a memory error shows early.
 :func:`loglikelihood_naive` is the reference: one full forward pass per (context, continuation).
 """
 
@@ -141,7 +141,7 @@ def loglikelihood(
 
     start = time.perf_counter()
     encoded = encode_requests(lm.tokenizer, lm.max_length, requests)
-    order = sorted(range(len(encoded)), key=lambda i: -_longest(encoded[i]))
+    order = sorted(range(len(encoded)), key=lambda i: -_row_length(encoded[i]))
     results: list[list[float]] = [[0.0] * len(conts) for _, conts in requests]
     stats = ScoreStats(examples=len(requests))
     bar = _progress(len(encoded), progress)
@@ -158,8 +158,9 @@ def loglikelihood(
     return results, stats
 
 
-def _longest(e: _Encoded) -> int:
-    return len(e.context) + max(map(len, e.continuations))
+def _row_length(e: _Encoded) -> int:
+    """The tokens of an example's row in :func:`_score_batch`: its context and every choice but the last token."""
+    return len(e.context) + sum(len(c) - 1 for c in e.continuations)
 
 
 @dataclass
@@ -191,52 +192,90 @@ def _encode_shared_prefix(lm: LoadedModel, encoded: list[_Encoded], stats: Score
 
 
 def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats: ScoreStats) -> list[list[float]]:
+    """One forward pass for the batch. Row r holds its context (after the shared prefix) and then, side by
+    side, each choice without its last token; each choice sees the context and its own earlier tokens only
+    (a block mask, needed only when a row has two or more such choices; otherwise plain causal attention
+    over right padding is exact for every position read), at the positions it would have after the
+    context. Log-probabilities are computed only where a continuation token is predicted."""
     import torch
 
-    device, pad, n = lm.device, lm.tokenizer.pad_token_id, len(batch)
-    suffixes = [e.context[prefix.length :] for e in batch]
-    ids, mask = _right_pad(suffixes, pad, device)
-    ctx_lens = torch.tensor([len(e.context) for e in batch], device=device)
-    kwargs: dict[str, Any] = {}
+    device, n, skip = lm.device, len(batch), prefix.length
+    ids: list[list[int]] = []
+    positions: list[list[int]] = []
+    segments: list[list[int]] = []  # 0: context, j + 1: choice j
+    reads: list[tuple[int, int]] = []  # (row, column) whose next-token distribution is read
+    targets: list[tuple[int, int, int]] = []  # (index into reads, token, pair)
+    pairs: list[tuple[int, int]] = []
+    for r, e in enumerate(batch):
+        row = e.context[skip:]
+        n_ctx = len(row)
+        pos, seg = list(range(skip, skip + n_ctx)), [0] * n_ctx
+        reads.append((r, n_ctx - 1))
+        first_read = len(reads) - 1
+        for j, cont in enumerate(e.continuations):
+            pair = len(pairs)
+            pairs.append((r, j))
+            targets.append((first_read, cont[0], pair))
+            for t, token in enumerate(cont[1:]):
+                reads.append((r, len(row)))
+                targets.append((len(reads) - 1, token, pair))
+                row.append(cont[t])
+                pos.append(skip + n_ctx + t)
+                seg.append(j + 1)
+        ids.append(row)
+        positions.append(pos)
+        segments.append(seg)
+    width = max(map(len, ids))
+    pad = lm.tokenizer.pad_token_id
+    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], device=device)
+    position_ids = torch.tensor([p + [0] * (width - len(p)) for p in positions], device=device)
+    mask = None
+    if max(len(set(seg)) for seg in segments) > 2:  # some row holds two choices side by side
+        seg_t = torch.tensor([s + [-1] * (width - len(s)) for s in segments], device=device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        allowed = causal & ((seg_t[:, None, :] == 0) | (seg_t[:, None, :] == seg_t[:, :, None]))
+        if skip:
+            allowed = torch.cat([allowed.new_ones(n, width, skip), allowed], dim=-1)
+        mask = torch.zeros(allowed.shape, dtype=lm.dtype, device=device)
+        mask = mask.masked_fill_(~allowed, torch.finfo(lm.dtype).min)[:, None]
+    cache = None
     if prefix.cache is not None:
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(n)
-        mask = torch.cat([torch.ones((n, prefix.length), dtype=mask.dtype, device=device), mask], dim=1)
-        kwargs = {
-            "position_ids": prefix.length + torch.arange(ids.shape[1], device=device).expand(n, -1),
-            _cache_kwarg(type(lm.model)): cache,
-        }
-    last = ctx_lens - prefix.length - 1
-    keep = torch.unique(last)  # logits only at the distinct last-context positions of this batch
-    out = lm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep, **kwargs)
-    first = torch.log_softmax(out.logits[torch.arange(n, device=device), torch.searchsorted(keep, last)].float(), -1)
-    stats.tokens += sum(map(len, suffixes))
-
-    pairs = [(r, j) for r, e in enumerate(batch) for j in range(len(e.continuations))]
-    pair_rows = torch.tensor([r for r, _ in pairs], device=device)
-    first_tokens = torch.tensor([batch[r].continuations[j][0] for r, j in pairs], device=device)
-    lls = dict(zip(pairs, first[pair_rows, first_tokens].tolist()))
-    rest = [(r, j) for r, j in pairs if len(batch[r].continuations[j]) > 1]
-    if rest:
-        rows = torch.tensor([r for r, _ in rest], device=device)
-        cache = _cache_of(out)
-        cache.batch_select_indices(rows)  # one copy of each context's cache per choice
-        inputs = [batch[r].continuations[j][:-1] for r, j in rest]
-        cont_ids, cont_mask = _right_pad(inputs, pad, device)
-        positions = ctx_lens[rows, None] + torch.arange(cont_ids.shape[1], device=device)
-        step = lm.model(
-            input_ids=cont_ids,
-            attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
-            position_ids=positions,
-            **{_cache_kwarg(type(lm.model)): cache},
-        )
-        logprobs = torch.log_softmax(step.logits.float(), -1)
-        targets, _ = _right_pad([batch[r].continuations[j][1:] for r, j in rest], 0, device)
-        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * cont_mask
-        for (r, j), value in zip(rest, picked.sum(-1).tolist()):
-            lls[(r, j)] += value
-        stats.tokens += sum(len(x) for x in inputs)
+    read_rows = torch.tensor([r for r, _ in reads], device=device)
+    read_cols = torch.tensor([c for _, c in reads], device=device)
+    logits = _logits_at(lm, input_ids, position_ids, mask, cache, read_rows, read_cols)
+    logprobs = torch.log_softmax(logits.float(), -1)
+    index, tokens, pair_ids = (torch.tensor(col, device=device) for col in zip(*targets))
+    sums = torch.zeros(len(pairs), dtype=logprobs.dtype, device=device).index_add_(0, pair_ids, logprobs[index, tokens])
+    stats.tokens += sum(map(len, ids))
+    lls = dict(zip(pairs, sums.tolist()))
     return [[lls[(r, j)] for j in range(len(e.continuations))] for r, e in enumerate(batch)]
+
+
+# Model types whose causal-LM logits are exactly ``get_output_embeddings()(backbone hidden states)``: for
+# them the head is applied only at the positions read (others project the distinct read columns of
+# every row, through the model's own forward with ``logits_to_keep``).
+PLAIN_HEAD_MODELS = {"glm4", "glm", "llama", "mistral", "qwen2", "qwen3"}
+
+
+def _logits_at(lm: LoadedModel, input_ids: Any, position_ids: Any, mask: Any, cache: Any, rows: Any, cols: Any):
+    """The model's next-token logits at (``rows``, ``cols``) of the batch, computed only there."""
+    import torch
+
+    model = lm.model
+    head = model.get_output_embeddings()
+    backbone = getattr(model, model.base_model_prefix, None)
+    plain = model.config.model_type in PLAIN_HEAD_MODELS and isinstance(head, torch.nn.Linear)
+    module = backbone if plain and backbone is not None else model
+    kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": cache is not None}
+    if cache is not None:
+        kwargs[_cache_kwarg(type(module))] = cache
+    if module is backbone:
+        return head(backbone(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state[rows, cols])
+    keep = torch.unique(cols)
+    out = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=keep, **kwargs)
+    return out.logits[rows, torch.searchsorted(keep, cols)]
 
 
 def loglikelihood_naive(
@@ -327,10 +366,6 @@ def _cache_kwarg(model_class: type) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
-def _right_pad(seqs: list[list[int]], pad: int, device: Any):
-    return _pad(seqs, pad, device, left=False)
 
 
 def _left_pad(seqs: list[list[int]], pad: int, device: Any):

@@ -85,3 +85,20 @@ def test_shared_few_shot_prefix_is_encoded_once(tiny_lm):
     prefix_tokens = len(tiny_lm.tokenizer(demos.rstrip())["input_ids"])
     fed_without_reuse = sum(len(e.context) + sum(len(c) - 1 for c in e.continuations) for e in enc)
     assert b_stats.tokens <= fed_without_reuse - (len(requests) - 1) * (prefix_tokens - 2)
+
+
+@pytest.mark.parametrize("plain_head", [True, False])
+def test_one_pass_scoring_equals_naive_with_either_head_path(tiny_lm, monkeypatch, plain_head):
+    """Choices side by side in one row (block mask), with and without a shared prefix, through the output
+    head applied at the read positions only or through the model's own forward (``logits_to_keep``)."""
+    from autoglm_bench import scoring
+
+    if not plain_head:
+        monkeypatch.setattr(scoring, "PLAIN_HEAD_MODELS", set())
+    demos = "Review: the film was great\nSentiment: positive\n\nReview: the plot was dull\nSentiment: negative\n\n"
+    for requests in (_requests(seed=11, n=24), [(demos + c, ch) for c, ch in _requests(seed=12, n=24)]):
+        assert sum(len(ch) > 1 for _, ch in requests) > 10  # rows with several choices side by side
+        batched, _ = loglikelihood(tiny_lm, requests, batch_size=8, progress=False)
+        naive, _ = loglikelihood_naive(tiny_lm, requests, progress=False)
+        for row_b, row_n in zip(batched, naive):  # float32 sums of ~100: 1e-6 relative is a few ulps
+            assert row_b == pytest.approx(row_n, rel=1e-6, abs=1e-6)

@@ -11,16 +11,21 @@ BENCHMARKS = {
     "search": "autoglm_bench.bench.search",
     "task-glm": "autoglm_bench.bench.task_glm",
     "serve": "autoglm_bench.bench.serve",
+    "lmeval": "autoglm_bench.bench.lmeval",
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autoglm_bench.bench", description=__doc__)
     sub = parser.add_subparsers(dest="name", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
     for name, module in BENCHMARKS.items():
         bench = importlib.import_module(module)
         bench.add_arguments(sub.add_parser(name, help=bench.__doc__.splitlines()[0], description=bench.__doc__))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     importlib.import_module(BENCHMARKS[args.name]).run(args)
 
 

@@ -1,11 +1,13 @@
 """Our Lightning training step against Hugging Face Trainer on the same GLM-4-architecture model.
 
 Both train the same randomly initialised Glm4ForCausalLM on the same random token batches (causal-LM
-loss on every token) with AdamW, in the same precision, each in a fresh process (so peak memory is each
-one's own). The table shows tokens/s over the timed steps (after warm-up steps, which include
-torch.compile), MFU against the GPU's dense bf16 peak (6N + attention FLOPs per token; n/a on a CPU,
-which has no meaningful datasheet peak), and peak memory (CUDA max allocated, or the process's max RSS on
-a CPU). ``--preset glm4_1p5b`` is the issue's GPU configuration (1.47B parameters, seq 1024, micro-batch
+loss on every token, the same all-ones attention mask) with AdamW, in the same precision, compiled or not
+alike (``--compile``: our torch.compile, the Trainer's ``torch_compile=True``), each in a fresh process
+(so peak memory is each one's own). The table shows tokens/s over the timed steps (after warm-up steps,
+which include compilation), MFU against the GPU's dense bf16 peak (matmul FLOPs only, from
+:func:`autoglm_bench.train.callbacks.training_flops`, the count fine-tuning runs record too; n/a on a
+CPU, which has no meaningful datasheet peak), and peak memory (CUDA max allocated, or the process's max
+RSS on a CPU). ``--preset glm4_1p5b`` is the issue's GPU configuration (1.47B parameters, seq 1024, micro-batch
 8, bf16); the default on a CPU is ``tiny``.
 """
 
@@ -61,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile our model (default: on a GPU)",
+        help="torch.compile the model in both trainers (default: on a GPU)",
     )
     parser.add_argument("--seed", type=int, default=0)
 
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"train benchmark: preset={preset} device={device} params={n_params / 1e6:.1f}M seq={spec['seq']} "
         f"micro_batch={spec['batch']} precision={spec['precision']} timed_steps={spec['steps']} "
-        f"(after {spec['warmup']} warm-up) compile(ours)={spec['compile']}"
+        f"(after {spec['warmup']} warm-up) compile(both)={spec['compile']}"
     )
     print(f"{'trainer':<12}{'tokens/s':>12}{'MFU':>8}{'peak mem (MiB)':>16}{'mean loss':>12}")
     for name, r in rows.items():
@@ -118,7 +120,7 @@ def measure(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Train ``spec`` with one trainer ("ours" or "hf_trainer"); return its throughput and memory."""
     import torch
 
-    from autoglm_bench.train.callbacks import flops_per_token, gpu_peak_flops, peak_memory_mb
+    from autoglm_bench.train.callbacks import gpu_peak_flops, peak_memory_mb, training_flops
 
     device = torch.device("cuda" if spec["gpu"] else "cpu")
     model, ids = build(spec)
@@ -128,14 +130,12 @@ def measure(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         _train_ours(model, ids, spec, timer)
     else:
         _train_hf(model, ids, spec, timer)
-    tokens = spec["steps"] * spec["batch"] * spec["seq"]
-    tokens_per_s = tokens / (timer["end"] - timer["start"])
+    seconds = timer["end"] - timer["start"]
+    timed = [spec["seq"]] * (spec["steps"] * spec["batch"])  # real lengths of the timed sequences
     peak = gpu_peak_flops(device)
-    cfg = model.config
-    fpt = flops_per_token(n_params, cfg.num_hidden_layers, cfg.hidden_size, spec["seq"])
     return {
-        "tokens_per_s": tokens_per_s,
-        "mfu": fpt * tokens_per_s / peak if peak else None,
+        "tokens_per_s": sum(timed) / seconds,
+        "mfu": training_flops(model, timed) / seconds / peak if peak else None,
         "peak_mb": peak_memory_mb(device),
         "peak_kind": "CUDA max allocated" if spec["gpu"] else "CPU max RSS",
         "loss": timer["loss"],
@@ -202,6 +202,7 @@ def _train_ours(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, flo
 def _train_hf(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, float]) -> None:
     import tempfile
 
+    import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Timer(TrainerCallback):
@@ -218,7 +219,7 @@ def _train_hf(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, float
             if logs and "loss" in logs:
                 timer["loss"] = float(logs["loss"])
 
-    dataset = [{"input_ids": row, "labels": row} for row in ids]
+    dataset = [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row} for row in ids]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,
@@ -235,5 +236,6 @@ def _train_hf(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, float
             dataloader_num_workers=0,
             optim="adamw_torch_fused" if spec["gpu"] else "adamw_torch",
             use_cpu=not spec["gpu"],
+            torch_compile=spec["compile"],
         )
         Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Timer()]).train()

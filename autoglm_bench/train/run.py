@@ -118,7 +118,7 @@ def finetune(
     model = module.model
     device = resolve_device(run.model)
     training = {
-        **stats.summary(trainer.strategy.root_device, model, max_length),
+        **stats.summary(trainer.strategy.root_device, model),
         "trainable_params": trainable,
         "total_params": total,
         "peft": run.peft.method,
