@@ -110,10 +110,12 @@ def per_example(metric: str, predictions: list[dict[str, Any]]) -> np.ndarray:
 
 def example_outcomes(metric: str, predictions: list[dict[str, Any]]) -> np.ndarray:
     """What ``metric`` is a function of, one row per example: correctness ``(n,)`` for the per-example
-    metrics, ``(n, 2)`` (gold label, predicted label by ``acc``'s rule) for ``f1``."""
+    metrics, ``(n, 3)`` (gold label, number of labels, predicted label by ``acc``'s rule) for ``f1``."""
     check_metric(metric)
     if metric in CORPUS_METRICS:
-        return np.array([[p["target"], _choice_index("acc", p)] for p in predictions], dtype=int).reshape(-1, 2)
+        labels = max((len(p["choices"]) for p in predictions), default=0)
+        rows = [[p["target"], labels, _choice_index("acc", p)] for p in predictions]
+        return np.array(rows, dtype=int).reshape(-1, 3)
     return per_example(metric, predictions)
 
 
@@ -122,7 +124,8 @@ def metric_of_outcomes(metric: str, outcomes: np.ndarray) -> float:
     if len(outcomes) == 0:
         return float("nan")
     if metric in CORPUS_METRICS:
-        return float(np.mean([macro_f1(outcomes[:, 0], outcomes[:, j]) for j in range(1, outcomes.shape[1])]))
+        gold, labels = outcomes[:, 0], int(outcomes[0, 1])
+        return float(np.mean([macro_f1(gold, outcomes[:, j], labels) for j in range(2, outcomes.shape[1])]))
     return float(np.mean(outcomes))
 
 
@@ -139,13 +142,14 @@ def metric_on_resample(metric: str, predictions: list[dict[str, Any]], index: Se
 
 def pool_runs(metric: str, outcomes_per_run: Sequence[np.ndarray]) -> np.ndarray:
     """One outcome table for several runs (seeds) on the same examples, rows aligned: per-example
-    correctness averaged over the runs, or for ``f1`` the gold column followed by every run's predictions.
+    correctness averaged over the runs, or for ``f1`` the gold and label-count columns followed by every
+    run's predictions.
     Either way :func:`metric_of_outcomes` of the pool is the mean of the runs' metrics, on any resample."""
     if metric in CORPUS_METRICS:
         gold = outcomes_per_run[0][:, 0]
         if any(not np.array_equal(o[:, 0], gold) for o in outcomes_per_run):
             raise ValueError("runs pooled for f1 disagree on the gold labels of their examples")
-        return np.column_stack([gold, *[o[:, 1] for o in outcomes_per_run]])
+        return np.column_stack([gold, outcomes_per_run[0][:, 1], *[o[:, 2] for o in outcomes_per_run]])
     return np.mean(np.stack(outcomes_per_run), axis=0)
 
 

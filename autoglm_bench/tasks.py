@@ -162,7 +162,8 @@ def compute_metrics(names: list[str], predictions: list[dict[str, Any]]) -> dict
 
     - ``acc``: argmax of the summed log-likelihoods equals the gold index.
     - ``acc_norm``: argmax of log-likelihood divided by the choice's length in characters.
-    - ``f1``: macro-F1 of the ``acc`` predictions over the labels seen in gold or predicted.
+    - ``f1``: macro-F1 of the ``acc`` predictions over every label (choice index), a label neither gold nor
+      predicted counting 0 (lm-evaluation-harness's CB ``f1``, ``cb_multi_fi``).
 
     Generation: ``exact_match`` compares the extracted ``prediction`` with ``target`` string-wise.
 
@@ -180,7 +181,8 @@ def compute_metrics(names: list[str], predictions: list[dict[str, Any]]) -> dict
             continue
         rule = "acc_norm" if name == "acc_norm" else "acc"
         pred = np.array([choice_prediction(rule, p["scores"], p["choices"]) for p in predictions])
-        out[name] = macro_f1(gold, pred) if name == "f1" else float(np.mean(pred == gold))
+        labels = max(len(p["choices"]) for p in predictions)
+        out[name] = macro_f1(gold, pred, labels) if name == "f1" else float(np.mean(pred == gold))
     return out
 
 
@@ -193,10 +195,12 @@ def choice_prediction(metric: str, scores: list[float], choices: list[str]) -> i
     return int(np.argmax(values))
 
 
-def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
-    """Unweighted mean of per-label F1 over the labels present in gold or pred (sklearn's "macro")."""
+def macro_f1(gold: np.ndarray, pred: np.ndarray, labels: int | None = None) -> float:
+    """Unweighted mean of per-label F1 over labels ``0 .. labels - 1`` (one that is neither gold nor
+    predicted scores 0, as in lm-evaluation-harness's CB ``f1``), or without ``labels`` over the labels
+    present in gold or pred (sklearn's "macro")."""
     scores = []
-    for label in np.union1d(gold, pred):
+    for label in range(labels) if labels is not None else np.union1d(gold, pred):
         tp = np.sum((pred == label) & (gold == label))
         denom = np.sum(pred == label) + np.sum(gold == label)
         scores.append(2 * tp / denom if denom else 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from autoglm_bench.config import TaskConfig
@@ -40,6 +42,27 @@ def test_macro_f1_by_hand():
         for g, p in zip(gold, pred)
     ]
     assert compute_metrics(["f1"], predictions)["f1"] == pytest.approx(0.4333333, abs=1e-6)
+
+
+def test_f1_is_lm_evals_cb_f1_when_a_label_is_missing():
+    """Every label counts, one that is neither gold nor predicted as 0: lm-eval's own CB aggregation."""
+    import importlib.util
+
+    import lm_eval
+    import numpy as np
+
+    path = Path(lm_eval.__file__).parent / "tasks" / "super_glue" / "cb" / "aggregate.py"
+    spec = importlib.util.spec_from_file_location("cb_aggregate", path)
+    aggregate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(aggregate)
+    gold, pred = [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]  # label 2 neither gold nor predicted
+    predictions = [
+        {"target": g, "scores": [0.0 if i == p else -1.0 for i in range(3)], "choices": ["a", "b", "c"]}
+        for g, p in zip(gold, pred)
+    ]
+    theirs = aggregate.cb_multi_fi(list(zip(pred, gold)))
+    assert compute_metrics(["f1"], predictions)["f1"] == pytest.approx(theirs)
+    assert macro_f1(np.array(gold), np.array(pred)) != pytest.approx(theirs)  # labels present only: not lm-eval's
 
 
 def test_exact_match_with_answer_extraction():
