@@ -13,7 +13,6 @@ that is already running in the process is reused).
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -69,7 +68,9 @@ class RayWorkers:
                         "token authentication also needs RAY_AUTH_MODE=token and its token"
                     ) from exc
             else:
-                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                from .threads import available_cpus
+
+                cores = available_cpus()
                 # never fewer CPUs than the actors ask for: they would wait forever for a free one
                 ray.init(
                     num_cpus=max(cores, math.ceil(cfg.workers * cfg.num_cpus)),
