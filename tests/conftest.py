@@ -30,6 +30,17 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny models on a small shared CPU mostly wait on a second one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(model_cache):
     from autoglm_bench.config import ModelConfig

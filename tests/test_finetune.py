@@ -35,12 +35,7 @@ class Snapshot(pl.Callback):
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def finetune_overrides(peft: str, task: str = "toy_sentiment", steps: int = 12) -> list[str]:

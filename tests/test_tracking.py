@@ -11,19 +11,12 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
-import torch
 
 from autoglm_bench.config import CONF_DIR
 
 from .conftest import read_results
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def execute_run(overrides: list[str], run_dir: Path) -> dict:
