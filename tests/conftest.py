@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,12 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(*args: str, module: str = "autoglm_bench", env: dict | None = None, **popen: Any) -> subprocess.Popen:
+    """Start ``python -m autoglm_bench ARGS`` in the background as a user would (``popen``: stdout, stderr,
+    text, start_new_session, ... for :class:`subprocess.Popen`); the caller waits for or kills it."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=cli_env(env), **popen)
 
 
 def read_results(run_dir: Path) -> dict:

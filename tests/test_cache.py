@@ -9,7 +9,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from autoglm_bench.config import ConfigError, ModelConfig, compose
 from autoglm_bench.evaluate import run_evaluate
 from autoglm_bench.models import load_model, model_fingerprint
 
-from .conftest import REPO, cli_env, read_results, run_cli
+from .conftest import read_results, run_cli, start_cli
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # and bit-identical results between runs
 # 64 test rows, scored 2 per batch: the cache is written in chunks of 8 requests.
@@ -45,10 +44,10 @@ def test_killed_evaluation_resumes_with_identical_results_and_a_rerun_scores_not
     assert not (tmp_path / "cache.sqlite").exists()
 
     cached = [*EVAL, f"method.cache_path={tmp_path / 'cache.sqlite'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoglm_bench", *cached, f"hydra.run.dir={tmp_path / 'killed'}"],
-        cwd=REPO,
-        env=cli_env(ONE_THREAD),
+    proc = start_cli(
+        *cached,
+        f"hydra.run.dir={tmp_path / 'killed'}",
+        env=ONE_THREAD,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from autoglm_bench.cache import RequestCache
 from autoglm_bench.config import ConfigError, compose
 from autoglm_bench.search.evaluation import minibatch_ends
 
-from .conftest import REPO, cli_env, read_results
+from .conftest import read_results, start_cli
 from .conftest import run_cli as _run_cli
 
 # One torch thread: for a model this small, more threads only add synchronisation (and CI shares cores).
@@ -170,11 +169,9 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
         f"method.cache_path={tmp_path / 'cache.sqlite'}",
         f"hydra.run.dir={run_dir}",
     ]
-    env = cli_env({"PYTHONUNBUFFERED": "1", **ONE_THREAD})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoglm_bench", *args],
-        cwd=REPO,
-        env=env,
+    proc = start_cli(
+        *args,
+        env={"PYTHONUNBUFFERED": "1", **ONE_THREAD},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

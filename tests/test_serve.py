@@ -295,20 +295,20 @@ def test_server_releases_an_idle_model_and_reloads_it(model_cache):
 
 def test_cli_serves_on_a_free_port_and_rejects_bad_settings(model_cache, capsys):
     import subprocess
-    import sys
 
     from autoglm_bench.serve.__main__ import main
 
-    from .conftest import REPO, cli_env
+    from .conftest import start_cli
 
     with pytest.raises(SystemExit) as exit_:
         main(["serve.policy=lifo"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == "error: unknown serve.policy 'lifo'; allowed: fifo, priority"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoglm_bench.serve", *BASE, "serve.port=0"],
-        cwd=REPO,
-        env=cli_env({"OMP_NUM_THREADS": "1"}),
+    proc = start_cli(
+        *BASE,
+        "serve.port=0",
+        module="autoglm_bench.serve",
+        env={"OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

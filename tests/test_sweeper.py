@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import optuna
 
 from autoglm_bench.config import compose, objective_of
 
-from .conftest import REPO, cli_env, run_cli
+from .conftest import run_cli, start_cli
 from .postgres import postgres_url  # noqa: F401 - a pytest fixture
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -113,11 +112,9 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
         "hydra.sweeper.heartbeat_s=1",
         f"hydra.sweep.dir={tmp_path}",
     ]
-    env = cli_env(ONE_THREAD)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoglm_bench", *args],
-        cwd=REPO,
-        env=env,
+    proc = start_cli(
+        *args,
+        env=ONE_THREAD,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -220,12 +217,11 @@ def test_two_sweepers_share_one_study_on_postgresql(tmp_path, postgres_url):  # 
         "hydra.sweeper.n_trials=6",
         f"hydra.sweeper.storage={postgres_url}",
     ]
-    env = cli_env(ONE_THREAD)
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "autoglm_bench", *args, f"hydra.sweep.dir={tmp_path / w}"],
-            cwd=REPO,
-            env=env,
+        start_cli(
+            *args,
+            f"hydra.sweep.dir={tmp_path / w}",
+            env=ONE_THREAD,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
