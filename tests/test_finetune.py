@@ -252,3 +252,39 @@ def test_readme_lora_example_learns_the_toy_task(tmp_path):
     assert out["training"]["trainable_params"] < out["training"]["total_params"] // 10
     predicted = {p["prediction"] for p in out["predictions"]}
     assert out["metrics"]["acc"] >= 0.9 and len(predicted) == 2, (out["metrics"], out["training"]["dev_curve"])
+
+
+class GradNorm(pl.Callback):
+    """The total gradient norm the optimiser stepped with (Lightning zeroes gradients at the next step's start)."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if grads:
+            self.norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def test_fused_adamw_clips_under_bf16_mixed_precision():
+    """trainer=gpu is bf16-mixed with fused AdamW and gradient clipping; Lightning refused that combination
+    (seen on an H200). The same precision plugin runs on the CPU here."""
+    from transformers import Glm4Config, Glm4ForCausalLM
+
+    from autoglm_bench.config import OptimConfig
+    from autoglm_bench.train.module import FinetuneModule
+
+    torch.manual_seed(0)
+    config = Glm4Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, pad_token_id=0,
+    )  # fmt: skip
+    module = FinetuneModule(
+        Glm4ForCausalLM(config), classifier=False, optim=OptimConfig(lr=1e-3, fused=True), metrics=[]
+    )
+    ids = torch.randint(1, 64, (4, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    norm = GradNorm()
+    trainer = pl.Trainer(
+        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1e-3, max_steps=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[norm],
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader([batch], batch_size=None))
+    assert norm.norm <= 1e-3 * 1.01

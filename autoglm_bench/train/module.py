@@ -184,6 +184,22 @@ class FinetuneModule(pl.LightningModule):
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Lightning refuses to clip for an optimiser that can unscale gradients itself (fused AdamW) under
+        any mixed precision, bf16 included, where no gradient scaler exists and the gradients are already
+        true: found on an H200 with ``trainer=gpu``. Without a scaler, clip them directly (what Lightning's
+        plain precision does); with one (fp16), Lightning's own check stands."""
+        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
