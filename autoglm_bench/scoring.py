@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -337,13 +338,13 @@ def generate(
     max_new_tokens: int,
     batch_size: int = 16,
     progress: bool = True,
-    deadline: float | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> tuple[list[Generated], ScoreStats]:
     """Greedy continuation of each context as :class:`Generated` records (what :func:`generate_until` returns
     the texts of). Contexts are encoded as lm-evaluation-harness encodes them for generation and keep their
     last ``max_length - max_new_tokens`` tokens. Generation ends at the end-of-text token, at a stop string
-    (:class:`StopOnText`), after ``max_new_tokens``, or for every row once ``deadline`` (``time.monotonic()``)
-    has passed."""
+    (:class:`StopOnText`), after ``max_new_tokens``, or for every row as soon as ``abort()`` (asked after each
+    token) is true."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -363,7 +364,7 @@ def generate(
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             ids, mask = _left_pad([encoded[i] for i in idx], tok.pad_token_id, lm.device)
-            stop = StopOnText(tok, until, ids.shape[1], deadline)
+            stop = StopOnText(tok, until, ids.shape[1], abort)
             generated = lm.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -389,25 +390,25 @@ def generate(
 
 class StopOnText:
     """A stopping criterion for ``model.generate``: a row is done once its generated text (the prompt is not
-    looked at) contains one of the stop strings ``until``; every row is once ``deadline`` has passed.
+    looked at) contains one of the stop strings ``until``; every row is once ``abort()`` is true.
 
     Each step decodes only the last tokens of each row, as many as the longest stop string can span (a token
     is at least one byte, a character at most four), so it keeps no more than the text generated.
     transformers' own ``stop_strings`` precompute tables over the whole vocabulary for every character of
     every stop string: about 30 KB per character with a 4k vocabulary, in memory and in time."""
 
-    def __init__(self, tokenizer: Any, until: list[str], prompt_length: int, deadline: float | None = None):
+    def __init__(self, tokenizer: Any, until: list[str], prompt_length: int, abort: Callable[[], bool] | None = None):
         self.tokenizer = tokenizer
         self.until = [s for s in until if s]
         self.prompt_length = prompt_length
-        self.deadline = deadline
+        self.abort = abort
         self.window = 4 * max((len(s) for s in self.until), default=0) + 1
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.abort is not None and self.abort():
             return ~done
         if self.until:
             tail = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
