@@ -318,6 +318,7 @@ class ServeConfig:
     max_logprobs: int = 20  # /v1/completions logprobs at most
     max_prompts: int = 32  # prompts in one /v1/completions request at most
     max_request_tokens: int = 16384  # a raw-prompt request's prompt tokens plus tokens asked for, all prompts
+    max_batch_tokens: int = 8192  # tokens per forward pass (rows x longest row, estimated): bounds its memory
     max_body_bytes: int = 1048576  # request body bytes at most, enforced while the body is read (413)
     max_queue: int = 256  # queued requests at most; more get 503 with Retry-After
     max_queue_wait_s: float = 30.0  # priority ageing: a request waiting this long goes before any newer one
@@ -576,6 +577,7 @@ def validate_serve(run: RunConfig) -> None:
         "max_stop_chars",
         "max_prompts",
         "max_request_tokens",
+        "max_batch_tokens",
         "max_body_bytes",
         "max_queue",
     )

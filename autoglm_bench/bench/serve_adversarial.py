@@ -12,8 +12,8 @@ burst of 300 concurrent requests against the bounded queue. The server's memory 
 (VmRSS, and its peak VmHWM at the end).
 
 With ``--policy priority`` the server takes a bearer token (``serve.api_key_env``) and has
-``serve.policy=priority``: every client sends the token, the normal clients ask for priority 10 and the
-attackers keep the default 0 (the one attack that raises priority sends no token).
+``serve.policy=priority``: every client sends the token, the normal clients ask for priority 100 (the most)
+and the attackers keep the default 0 (the one attack that raises priority sends no token).
 
 It prints what every attack got, the normal requests' p50/p99 latency, the server's RSS after warm-up and
 at its peak, and checks the bounds: peak RSS at most the RSS after warm-up plus the model's bytes plus
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=8, help="normal clients")
     parser.add_argument("--attackers", type=int, default=4, help="clients sending the battery")
     parser.add_argument(
-        "--policy", choices=["fifo", "priority"], default="fifo", help="priority: normal clients authenticated, at 10"
+        "--policy", choices=["fifo", "priority"], default="fifo", help="priority: normal clients at priority 100"
     )
     parser.add_argument("--rss-margin-mb", type=float, default=500.0, help="peak RSS bound above warm-up + model")
     parser.add_argument("--p99-bound-s", type=float, default=10.0, help="normal requests' p99 latency bound")
@@ -68,6 +68,7 @@ class Outcome:
     rss_peak_mb: float = 0.0  # sampled during the load
     hwm_mb: float = 0.0  # the process's own peak (VmHWM), start-up included
     model_mb: float = 0.0
+    busy: float = 0.0  # the share of the run (to the last answer) the batch worker spent in model batches
 
     def bounds(self, rss_margin_mb: float, p99_bound_s: float) -> list[tuple[str, bool]]:
         rss_bound = self.rss_ready_mb + self.model_mb + rss_margin_mb
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"serve adversarial benchmark: task={args.task} model={args.model}, {args.seconds:g} s, {args.clients} normal "
         f"clients (/classify) and {args.attackers} attackers cycling through the battery; the server's default limits, "
-        f"serve.policy={args.policy}" + (" (normal clients authenticated, priority 10)" if token else "")
+        f"serve.policy={args.policy}" + (" (normal clients authenticated, priority 100)" if token else "")
     )
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
     server = Server(overrides)
@@ -128,6 +129,7 @@ def report(outcome: Outcome, rss_margin_mb: float, p99_bound_s: float) -> None:
         f"server RSS: {outcome.rss_ready_mb:.0f} MB after warm-up, {outcome.rss_peak_mb:.0f} MB at its peak under load "
         f"(VmHWM {outcome.hwm_mb:.0f} MB); model weights {outcome.model_mb:.1f} MB"
     )
+    print(f"batch worker busy in model batches {outcome.busy:.0%} of the run (autoglm_compute_seconds_total)")
     for line, ok in outcome.bounds(rss_margin_mb, p99_bound_s):
         print(f"{'PASS' if ok else 'FAIL'}: {line}")
     for line in outcome.unexpected[:10]:
@@ -255,7 +257,7 @@ async def attack(
     url: str, pid: int, inputs: list[dict], seconds: float, clients: int, attackers: int, token: str | None = None
 ) -> Outcome:
     """The load itself, against the server at ``url`` (process ``pid``); with ``token``, the normal clients
-    send it and priority 10, the attackers send it at the default priority."""
+    send it and priority 100, the attackers send it at the default priority."""
     from .serve import post
 
     host, port_text = url.removeprefix("http://").rsplit(":", 1)
@@ -267,13 +269,14 @@ async def attack(
         await exchange(host, port, warm)
         await exchange(host, port, json_request("/classify", {"input": inputs[0]}, auth=auth))
     outcome.rss_ready_mb = outcome.rss_peak_mb = memory_mb(pid, "VmRSS")
-    get = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-    metrics = await exchange_body(host, port, get.encode())
-    sizes = [line for line in metrics.splitlines() if line.startswith("autoglm_model_memory_bytes{")]
-    outcome.model_mb = sum(float(line.rsplit(" ", 1)[1]) for line in sizes) / 2**20
-    deadline = time.monotonic() + seconds
+    get = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n".encode()
+    metrics = await exchange_body(host, port, get)
+    outcome.model_mb = sample_sum(metrics, "autoglm_model_memory_bytes") / 2**20
+    computed = sample_sum(metrics, "autoglm_compute_seconds_total")
+    started = time.monotonic()
+    deadline = started + seconds
     attacks = battery(token)
-    normal_extra = {"priority": 10} if token else {}
+    normal_extra = {"priority": 100} if token else {}
 
     async def normal() -> None:
         reader, writer = await asyncio.open_connection(host, port)
@@ -316,7 +319,14 @@ async def attack(
     await asyncio.gather(sample(), *(normal() for _ in range(clients)), *(attacker(k * 5) for k in range(attackers)))
     outcome.rss_peak_mb = max(outcome.rss_peak_mb, memory_mb(pid, "VmRSS"))
     outcome.hwm_mb = memory_mb(pid, "VmHWM")
+    computed = sample_sum(await exchange_body(host, port, get), "autoglm_compute_seconds_total") - computed
+    outcome.busy = computed / (time.monotonic() - started)
     return outcome
+
+
+def sample_sum(metrics: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples over its labels."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{"))
 
 
 async def exchange_body(host: str, port: int, raw: bytes) -> str:

@@ -197,13 +197,14 @@ class Service:
                 def abort() -> bool:
                     return self.stopping.is_set() or time.monotonic() > deadline
 
-                results, tokens = complete(served.lm, payloads, list(key[3]), key[2], key[4], key[5], abort)
+                rows = self.rows_per_pass(served.lm.max_length, payloads, [key[2]] * len(payloads))
+                results, tokens = complete(served.lm, payloads, list(key[3]), key[2], key[4], key[5], rows, abort)
         self.metrics.batch_done(model_name, tokens, time.perf_counter() - start)
         return results
 
     def _score(self, served: Served, key: Hashable, examples: list[Any]) -> tuple[list[Any], int]:
         from ..evaluate import score_examples
-        from ..prompts import chat_tokenizer
+        from ..prompts import chat_tokenizer, prompt_text
 
         state = self.tasks.states[key[2]]
         task = state.task
@@ -211,10 +212,23 @@ class Service:
         if task.cfg.type == "generation" and max_new_tokens is not None:
             generation = dataclasses.replace(task.cfg.generation, max_new_tokens=max_new_tokens, until=list(until))
             task = dataclasses.replace(task, cfg=dataclasses.replace(task.cfg, generation=generation))
-        method = dataclasses.replace(state.run.method, batch_size=len(examples))
         chat = chat_tokenizer(state.run.prompt, served.tokenizer)
+        contexts = [prompt_text(task.cfg, ex.messages, chat) for ex in examples]
+        if task.cfg.type == "generation":
+            extra = [task.cfg.generation.max_new_tokens] * len(examples)
+        else:  # the choices sit side by side after the context
+            extra = [sum(len(c.encode()) for c in ex.choices) for ex in examples]
+        rows = self.rows_per_pass(served.lm.max_length, contexts, extra)
+        method = dataclasses.replace(state.run.method, batch_size=rows)
         predictions, stats, _ = score_examples(served.lm, task, examples, method, chat)
         return predictions, stats.tokens
+
+    def rows_per_pass(self, max_length: int, texts: list[str], extra: list[int]) -> int:
+        """Rows per forward pass, so that rows x the longest row stays within ``serve.max_batch_tokens`` (at
+        least one row). A text's tokens are estimated by its UTF-8 bytes (a byte-level tokenizer's most),
+        capped at the model's length."""
+        longest = max(min(max_length, len(t.encode()) + 2) + e for t, e in zip(texts, extra))
+        return max(1, min(len(texts), self.run.serve.max_batch_tokens // longest))
 
     def _head(self, served: Served, key: Hashable, examples: list[Any]) -> tuple[list[Any], int]:
         from ..train.run import classify

@@ -17,15 +17,16 @@ def complete(
     max_new_tokens: int,
     top: int | None,
     echo: bool,
+    rows: int,
     abort: Callable[[], bool],
 ) -> tuple[list[dict[str, Any]], int]:
     """Greedy completions of raw prompts, each ``{"text", "prompt_tokens", "completion_tokens",
     "finish_reason", "logprobs"}``, and the tokens fed through the model. ``top`` given: the logprobs object
-    (with ``echo``, the prompt's tokens too). ``abort()`` true (the requests' deadline passed, the server is
-    stopping) ends generation after the current token."""
+    (with ``echo``, the prompt's tokens too). ``rows``: prompts per forward pass. ``abort()`` true (the
+    requests' deadline passed, the server is stopping) ends generation after the current token."""
     from ..scoring import generate
 
-    generated, stats = generate(lm, prompts, until, max_new_tokens, len(prompts), progress=False, abort=abort)
+    generated, stats = generate(lm, prompts, until, max_new_tokens, rows, progress=False, abort=abort)
     results = []
     for prompt, g in zip(prompts, generated):
         out: dict[str, Any] = {
