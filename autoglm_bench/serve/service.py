@@ -121,8 +121,9 @@ class Service:
                 return served
             future = self._loop.create_future()
             self._waiting.setdefault(spec.name, []).append(future)
-            if not self.pool.request_load(spec.name):
-                continue  # it was loaded meanwhile
+            if not self.pool.request_load(spec.name):  # it was loaded meanwhile
+                self._waiting[spec.name].remove(future)
+                continue
             try:
                 failure = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
