@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -305,6 +306,18 @@ def loglikelihood_naive(
     return results, stats
 
 
+@dataclass
+class Generated:
+    """One greedy continuation: the context's token ids as the model saw them (after any cut from the left),
+    the tokens generated (up to the end-of-text token, which is not included, or up to the one that completed
+    a stop string), the decoded text cut before the first stop string, and why it ended."""
+
+    context: list[int]
+    tokens: list[int]
+    text: str
+    finish: str  # "stop" (end-of-text or a stop string) or "length" (max_new_tokens reached)
+
+
 def generate_until(
     lm: LoadedModel,
     contexts: list[str],
@@ -314,7 +327,26 @@ def generate_until(
     progress: bool = True,
 ) -> tuple[list[str], ScoreStats]:
     """Greedy continuation of each context, cut at the first stop string (which is not included)."""
+    generated, stats = generate(lm, contexts, until, max_new_tokens, batch_size, progress)
+    return [g.text for g in generated], stats
+
+
+def generate(
+    lm: LoadedModel,
+    contexts: list[str],
+    until: list[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+    abort: Callable[[], bool] | None = None,
+) -> tuple[list[Generated], ScoreStats]:
+    """Greedy continuation of each context as :class:`Generated` records (what :func:`generate_until` returns
+    the texts of). Contexts are encoded as lm-evaluation-harness encodes them for generation and keep their
+    last ``max_length - max_new_tokens`` tokens. Generation ends at the end-of-text token, at a stop string
+    (:class:`StopOnText`), after ``max_new_tokens``, or for every row as soon as ``abort()`` (asked after each
+    token) is true."""
     import torch
+    from transformers import StoppingCriteriaList
 
     start = time.perf_counter()
     tok = lm.tokenizer
@@ -322,13 +354,17 @@ def generate_until(
     max_ctx = max(1, lm.max_length - max_new_tokens)
     encoded = [e[-max_ctx:] for e in encoded]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs = [""] * len(contexts)
+    outputs: list[Generated] = [Generated([], [], "", "length") for _ in contexts]
+    ends = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
     stats = ScoreStats(examples=len(contexts))
     bar = _progress(len(contexts), progress)
+    if max_new_tokens <= 0:
+        return [Generated(e, [], "", "length") for e in encoded], stats
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             ids, mask = _left_pad([encoded[i] for i in idx], tok.pad_token_id, lm.device)
+            stop = StopOnText(tok, until, ids.shape[1], abort)
             generated = lm.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -336,17 +372,50 @@ def generate_until(
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
-                stop_strings=list(until) or None,
-                tokenizer=tok,
+                stopping_criteria=StoppingCriteriaList([stop]),
             )[:, ids.shape[1] :]
             for i, row in zip(idx, generated.tolist()):
-                text = tok.decode([t for t in row if t != tok.pad_token_id], skip_special_tokens=True)
-                outputs[i] = _cut(text, until)
+                end = next((j for j, t in enumerate(row) if t in ends), len(row))
+                tokens = row[:end]
+                text = tok.decode(tokens, skip_special_tokens=True)
+                cut = _cut(text, until)
+                finish = "stop" if end < len(row) or cut != text or len(tokens) < max_new_tokens else "length"
+                outputs[i] = Generated(encoded[i], tokens, cut, finish)
                 stats.tokens += len(encoded[i]) + len(row)
             bar.update(len(idx))
     bar.close()
     stats.seconds = time.perf_counter() - start
     return outputs, stats
+
+
+class StopOnText:
+    """A stopping criterion for ``model.generate``: a row is done once its generated text (the prompt is not
+    looked at) contains one of the stop strings ``until``; every row is once ``abort()`` is true.
+
+    Each step decodes only the last tokens of each row, as many as the longest stop string can span (a token
+    is at least one byte, a character at most four), so it keeps no more than the text generated.
+    transformers' own ``stop_strings`` precompute tables over the whole vocabulary for every character of
+    every stop string: about 30 KB per character with a 4k vocabulary, in memory and in time."""
+
+    def __init__(self, tokenizer: Any, until: list[str], prompt_length: int, abort: Callable[[], bool] | None = None):
+        self.tokenizer = tokenizer
+        self.until = [s for s in until if s]
+        self.prompt_length = prompt_length
+        self.abort = abort
+        self.window = 4 * max((len(s) for s in self.until), default=0) + 1
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.abort is not None and self.abort():
+            return ~done
+        if self.until:
+            tail = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
+            for i, row in enumerate(tail):
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                done[i] = any(s in text for s in self.until)
+        return done
 
 
 def _cut(text: str, until: list[str]) -> str:
