@@ -12,6 +12,7 @@ BENCHMARKS = {
     "task-glm": "autoglm_bench.bench.task_glm",
     "serve": "autoglm_bench.bench.serve",
     "lmeval": "autoglm_bench.bench.lmeval",
+    "shapes-projector": "autoglm_bench.bench.shapes_projector",
 }
 
 
