@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .paths import write_once
 from .tasks import TaskHook
 
 IMAGE_TASKS_FORMAT = 1  # bump when a generator below changes, so cached folders are rewritten
@@ -93,25 +92,6 @@ class ImageFolderTask(TaskHook):
                     image.save(folder / split / name, format="PNG")
                     f.write(json.dumps({"file_name": name, **row}) + "\n")
         (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-
-
-def write_once(target: Path, write: Callable[[Path], None]) -> Path:
-    """``target``, written by ``write(staging_folder)`` unless it exists; the staging folder is renamed
-    into place, so a reader never sees a half-written folder."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        write(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # a concurrent writer won
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 # ---------------------------------------------------------------- toy_shapes

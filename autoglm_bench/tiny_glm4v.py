@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ModelConfig
+from .paths import write_once
 
 TINY_GLM4V_FORMAT = 1  # bump when the recipe below changes, so old cache entries are not reused
 IMAGE_TOKENS = [
@@ -75,21 +74,9 @@ def build_tiny_glm4v(
     if language_model is not None:
         spec["language_model"] = model_fingerprint(str(language_model))
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir() / "tiny_glm4v" / key
-    if (target / "model.safetensors").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
-    try:
-        _write_tiny_glm4v(cfg, vision, staging, language_model)
-        try:
-            staging.rename(target)  # atomic: a concurrent builder either wins or finds the folder ready
-        except OSError:
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return write_once(
+        cache_dir() / "tiny_glm4v" / key, lambda folder: _write_tiny_glm4v(cfg, vision, folder, language_model)
+    )
 
 
 def glm4v_config(cfg: ModelConfig, vision: TinyVisionConfig, tokenizer: Any) -> Any:
