@@ -101,6 +101,9 @@ class TaskConfig:
     id_field: str | None = None  # default: the row number within the split
     hook: str | None = None  # "package.module:Class" implementing the TaskHook interface
     options: dict[str, Any] = field(default_factory=dict)  # free-form settings for a hook
+    # row fields holding images: a path under the data folder (or the hook's image_root), bytes, base64 or
+    # a data: URL (autoglm_bench/images.py)
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass

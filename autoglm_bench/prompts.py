@@ -219,6 +219,11 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
     lm-eval joins them.
     """
     cfg = task.cfg
+    if cfg.images:  # rendered as text, an image task would be scored without its images
+        raise ConfigError(
+            f"task {cfg.name!r} has image fields ({', '.join(cfg.images)}); prompts with images are not "
+            "rendered yet, so it cannot be evaluated, searched or fine-tuned"
+        )
     template = cfg.templates[prompt.template]
     rows = task.rows["eval"]
     if prompt.k_shot > 0 and prompt.fewshot_mode != "fixed":

@@ -76,6 +76,10 @@ class TaskHook:
             return _load_hub(self.cfg, split)
         return _load_local(self.local_path(split, data_dir))
 
+    def image_root(self, data_dir: Path | None) -> Path | None:
+        """The folder that image paths in rows are relative to, and confined to: the data folder."""
+        return data_dir
+
     def score(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
         """Aggregate per-example predictions into the task's metrics."""
         return compute_metrics(self.cfg.metrics, predictions)
