@@ -15,6 +15,9 @@ When every context starts with the same tokens (a k-shot block, a long instructi
 run once and its KV cache is copied under each batch, so the rows only hold the per-example suffixes.
 Requests are sorted by row length, longest first, so padding is small and a memory error shows early.
 :func:`loglikelihood_naive` is the reference: one full forward pass per (context, continuation).
+
+``lm`` below is an in-process model (:class:`autoglm_bench.lm.hf.HFLM`): its ``model``, ``tokenizer``,
+``device``, ``dtype`` and ``max_length``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-
-from .models import LoadedModel
 
 
 @dataclass
@@ -126,7 +127,7 @@ def encode_requests(tokenizer: Any, max_length: int, requests: list[tuple[str, l
 
 
 def loglikelihood(
-    lm: LoadedModel,
+    lm: Any,
     requests: list[tuple[str, list[str]]],
     batch_size: int = 16,
     progress: bool = True,
@@ -174,7 +175,7 @@ class _Prefix:
 MIN_SHARED_PREFIX = 16  # below this, copying the prefix cache costs more than recomputing it
 
 
-def _encode_shared_prefix(lm: LoadedModel, encoded: list[_Encoded], stats: ScoreStats) -> _Prefix:
+def _encode_shared_prefix(lm: Any, encoded: list[_Encoded], stats: ScoreStats) -> _Prefix:
     contexts = [e.context for e in encoded]
     if len(contexts) < 2:
         return _Prefix()
@@ -191,7 +192,7 @@ def _encode_shared_prefix(lm: LoadedModel, encoded: list[_Encoded], stats: Score
     return _Prefix(length=length, cache=_cache_of(out))
 
 
-def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats: ScoreStats) -> list[list[float]]:
+def _score_batch(lm: Any, batch: list[_Encoded], prefix: _Prefix, stats: ScoreStats) -> list[list[float]]:
     """One forward pass for the batch. Row r holds its context (after the shared prefix) and then, side by
     side, each choice without its last token; each choice sees the context and its own earlier tokens only
     (a block mask, needed only when a row has two or more such choices; otherwise plain causal attention
@@ -259,7 +260,7 @@ def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats:
 PLAIN_HEAD_MODELS = {"glm4", "glm", "llama", "mistral", "qwen2", "qwen3"}
 
 
-def _logits_at(lm: LoadedModel, input_ids: Any, position_ids: Any, mask: Any, cache: Any, rows: Any, cols: Any):
+def _logits_at(lm: Any, input_ids: Any, position_ids: Any, mask: Any, cache: Any, rows: Any, cols: Any):
     """The model's next-token logits at (``rows``, ``cols``) of the batch, computed only there."""
     import torch
 
@@ -279,7 +280,7 @@ def _logits_at(lm: LoadedModel, input_ids: Any, position_ids: Any, mask: Any, ca
 
 
 def loglikelihood_naive(
-    lm: LoadedModel, requests: list[tuple[str, list[str]]], progress: bool = True
+    lm: Any, requests: list[tuple[str, list[str]]], progress: bool = True
 ) -> tuple[list[list[float]], ScoreStats]:
     """The reference scorer: one unbatched forward pass over context + continuation per choice, with
     logits at every position, exactly as the textbook definition reads."""
@@ -306,7 +307,7 @@ def loglikelihood_naive(
 
 
 def generate_until(
-    lm: LoadedModel,
+    lm: Any,
     contexts: list[str],
     until: list[str],
     max_new_tokens: int,
@@ -314,17 +315,36 @@ def generate_until(
     progress: bool = True,
 ) -> tuple[list[str], ScoreStats]:
     """Greedy continuation of each context, cut at the first stop string (which is not included)."""
+    return generate_ids(lm, encode_contexts(lm.tokenizer, contexts), until, max_new_tokens, batch_size, progress)
+
+
+def encode_contexts(tokenizer: Any, contexts: list[str]) -> list[list[int]]:
+    """Token ids of generation contexts as lm-eval's ``HFLM.tok_batch_encode`` forms them (an empty one is
+    :func:`prefix_token_id`)."""
+    lead = tokenizer.bos_token or ""
+    return [ids or [prefix_token_id(tokenizer)] for ids in tok_encode(tokenizer, contexts, lead=lead)]
+
+
+def generate_ids(
+    lm: Any,
+    encoded: list[list[int]],
+    until: list[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[str], ScoreStats]:
+    """:func:`generate_until` of contexts given as token ids, each keeping its last ``max_length -
+    max_new_tokens`` tokens."""
     import torch
 
     start = time.perf_counter()
     tok = lm.tokenizer
-    encoded = [ids or [prefix_token_id(tok)] for ids in tok_encode(tok, contexts, lead=tok.bos_token or "")]
     max_ctx = max(1, lm.max_length - max_new_tokens)
     encoded = [e[-max_ctx:] for e in encoded]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs = [""] * len(contexts)
-    stats = ScoreStats(examples=len(contexts))
-    bar = _progress(len(contexts), progress)
+    outputs = [""] * len(encoded)
+    stats = ScoreStats(examples=len(encoded))
+    bar = _progress(len(encoded), progress)
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
@@ -341,7 +361,7 @@ def generate_until(
             )[:, ids.shape[1] :]
             for i, row in zip(idx, generated.tolist()):
                 text = tok.decode([t for t in row if t != tok.pad_token_id], skip_special_tokens=True)
-                outputs[i] = _cut(text, until)
+                outputs[i] = cut_at_stop(text, until)
                 stats.tokens += len(encoded[i]) + len(row)
             bar.update(len(idx))
     bar.close()
@@ -349,7 +369,23 @@ def generate_until(
     return outputs, stats
 
 
-def _cut(text: str, until: list[str]) -> str:
+def token_logprobs(lm: Any, ids: list[int], top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Log-probability of each token of ``ids`` after the ones before it (from the second token on) and the
+    ``top`` most likely tokens at each of those positions: what an OpenAI-style server echoes."""
+    import torch
+
+    with torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0, :-1].float()
+        logprobs = torch.log_softmax(logits, -1)
+        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=lm.device)[:, None])[:, 0].tolist()
+        if top <= 0:
+            return chosen, [[] for _ in chosen]
+        values, indices = logprobs.topk(top, dim=-1)
+    return chosen, [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+
+
+def cut_at_stop(text: str, until: list[str]) -> str:
+    """``text`` up to its first stop string."""
     for stop in until:
         if stop and stop in text:
             text = text[: text.index(stop)]

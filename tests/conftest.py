@@ -45,9 +45,9 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_lm(model_cache):
     from autoglm_bench.config import ModelConfig
-    from autoglm_bench.models import load_model
+    from autoglm_bench.lm import load
 
-    return load_model(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+    return load(ModelConfig(name="tiny_glm", kind="tiny_glm"))
 
 
 def cli_env(extra: dict | None = None) -> dict:

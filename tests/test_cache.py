@@ -16,7 +16,8 @@ import pytest
 
 from autoglm_bench.config import ConfigError, ModelConfig, compose
 from autoglm_bench.evaluate import run_evaluate
-from autoglm_bench.models import load_model, model_fingerprint
+from autoglm_bench.lm import load
+from autoglm_bench.lm.fingerprint import model_fingerprint
 
 from .conftest import read_results, run_cli, start_cli
 
@@ -114,7 +115,7 @@ def test_fingerprint_follows_every_shard_and_tokenizer_file_and_not_the_location
         return model_fingerprint(str(path), None, "torch.float32", 512)
 
     base = fingerprint(folder)
-    lm = load_model(ModelConfig(name="sharded", path=str(folder), max_length=512))
+    lm = load(ModelConfig(name="sharded", path=str(folder), max_length=512))
     assert lm.fingerprint == base  # what evaluate and prompt search key their caches by
     memo = sqlite3.connect(model_cache / "file_digests.sqlite")
     assert memo.execute("SELECT COUNT(*) FROM digests WHERE path LIKE ?", (f"{folder}%",)).fetchone()[0] >= 5

@@ -18,7 +18,7 @@ import pytest
 
 from autoglm_bench.config import ModelConfig, compose
 from autoglm_bench.evaluate import run_evaluate
-from autoglm_bench.models import build_tiny_glm
+from autoglm_bench.lm.tiny_glm import build_tiny_glm
 from autoglm_bench.tasks import normalise_answer
 
 LMEVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"

@@ -229,14 +229,14 @@ def test_bad_input_gets_a_one_line_4xx_and_the_server_keeps_serving(client, path
 
 
 def test_pool_releases_idle_models_reloads_them_and_evicts_least_recently_used(model_cache):
-    from autoglm_bench.models import load_model
+    from autoglm_bench import lm as backends
     from autoglm_bench.serve.pool import ModelPool, model_bytes
 
     loads, refs = [], {}
 
     def loader(seed):
         def load():
-            lm = load_model(ModelConfig(name=f"glm{seed}", kind="tiny_glm", seed=seed))
+            lm = backends.load(ModelConfig(name=f"glm{seed}", kind="tiny_glm", seed=seed))
             loads.append(seed)
             refs[seed] = weakref.ref(lm.model)
             return lm, model_bytes(lm.model)

@@ -114,7 +114,7 @@ def build_glm4(folder: Path, vocab_size: int, seed: int = 0) -> str:
     import transformers
     from transformers import Glm4Config, Glm4ForCausalLM
 
-    from autoglm_bench.models import train_tokenizer
+    from autoglm_bench.lm.tiny_glm import train_tokenizer
 
     transformers.logging.disable_progress_bar()
 

@@ -105,7 +105,7 @@ class ModelSpec:
 
 @dataclass
 class Served:
-    """A loaded model: a LoadedModel (language models) or a classification head with its tokenizer."""
+    """A loaded model: an HFLM (language models) or a classification head with its tokenizer."""
 
     spec: ModelSpec
     lm: Any = None
@@ -156,46 +156,22 @@ def _unredacted(value: Any) -> Any:
 
 
 def load_served(spec: ModelSpec) -> tuple[Served, int]:
-    """Load a model spec (the pool's loader): weights on the configured device, in eval mode."""
-    import torch
-
-    from ..models import LoadedModel, _from_pretrained, load_model, model_path, resolve_device
+    """Load a model spec (the pool's loader) through :func:`autoglm_bench.lm.load`: weights on the configured
+    device, in eval mode."""
+    from ..lm import load
+    from ..lm.hf import load_classifier
 
     if spec.checkpoint is None:
-        lm = load_model(spec.cfg)
-        return Served(spec, lm=lm, tokenizer=lm.tokenizer, device=lm.device), model_bytes(lm.model)
-    run, weights = spec.checkpoint, str(spec.weights)
-    device = resolve_device(spec.cfg)
-    lora = run.peft.method == "lora"
-    if spec.head:
-        from transformers import AutoModelForSequenceClassification
-
-        n = len(run.task.choices or [])
-        model, tokenizer = _from_pretrained(
-            spec.cfg,
-            model_path(spec.cfg) if lora else weights,
-            AutoModelForSequenceClassification,
-            torch.float32,
-            num_labels=n,
-        )
-        if lora:
-            model = _merge_adapter(model, weights)
-        model.to(device).eval()
-        return Served(spec, head=model, tokenizer=tokenizer, device=device), model_bytes(model)
-    if lora:
-        lm = load_model(spec.cfg)
-        lm = dataclasses.replace(lm, model=_merge_adapter(lm.model, weights).eval(), fingerprint="finetuned")
+        lm = load(spec.cfg)
+    elif spec.head:
+        n = len(spec.checkpoint.task.choices or [])
+        model, tokenizer = load_classifier(spec.cfg, str(spec.weights), n, lora=spec.checkpoint.peft.method == "lora")
+        return Served(spec, head=model, tokenizer=tokenizer, device=model.device), model_bytes(model)
+    elif spec.checkpoint.peft.method == "lora":
+        lm = load(spec.cfg, adapter=str(spec.weights))
     else:
-        lm = load_model(dataclasses.replace(spec.cfg, kind="causal", path=weights))
-    torch.set_grad_enabled(False)
-    assert isinstance(lm, LoadedModel)
+        lm = load(dataclasses.replace(spec.cfg, kind="causal", path=str(spec.weights)))
     return Served(spec, lm=lm, tokenizer=lm.tokenizer, device=lm.device), model_bytes(lm.model)
-
-
-def _merge_adapter(model: Any, adapter: str) -> Any:
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def template_fields(*sources: str) -> list[str]:

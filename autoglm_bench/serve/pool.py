@@ -34,7 +34,7 @@ class ModelPool:
     for the duration of a request; :meth:`release_idle` (called periodically by the server) drops models idle
     for ``idle_release_s``. ``on_change(name, loaded_bytes_or_None, reason)`` reports every load and release.
 
-    >>> pool = ModelPool({"tiny": lambda: (load_model(cfg), 0)}, idle_release_s=60)  # doctest: +SKIP
+    >>> pool = ModelPool({"tiny": lambda: (lm.load(cfg), 0)}, idle_release_s=60)  # doctest: +SKIP
     >>> with pool.acquire("tiny") as lm: ...  # doctest: +SKIP
     """
 
