@@ -369,19 +369,36 @@ def generate_ids(
     return outputs, stats
 
 
-def token_logprobs(lm: Any, ids: list[int], top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
-    """Log-probability of each token of ``ids`` after the ones before it (from the second token on) and the
-    ``top`` most likely tokens at each of those positions: what an OpenAI-style server echoes."""
+LOGPROB_BUDGET = 2**25  # logits (positions x vocabulary) one forward pass of prompt_logprobs may hold
+
+
+def prompt_logprobs(
+    lm: Any, prompts: list[list[int]], top: int
+) -> list[tuple[list[float], list[list[tuple[int, float]]]]]:
+    """For each token-id prompt: the log-probability of each token after the ones before it (from the second
+    token on), and at every position (the last one's is the next token's distribution) the ``max(top, 1)``
+    most likely tokens, best first: what an OpenAI-style server echoes. Prompts run right-padded in batches
+    of at most :data:`LOGPROB_BUDGET` logits."""
     import torch
 
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[Any] = [None] * len(prompts)
+    k = max(top, 1)
     with torch.inference_mode():
-        logits = lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0, :-1].float()
-        logprobs = torch.log_softmax(logits, -1)
-        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=lm.device)[:, None])[:, 0].tolist()
-        if top <= 0:
-            return chosen, [[] for _ in chosen]
-        values, indices = logprobs.topk(top, dim=-1)
-    return chosen, [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+        while order:
+            width = len(prompts[order[0]])
+            batch = order[: max(1, LOGPROB_BUDGET // (width * vocab))]
+            order = order[len(batch) :]
+            ids, mask = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device, left=False)
+            logprobs = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            values, indices = logprobs.topk(k, dim=-1)
+            for row, i in enumerate(batch):
+                n = len(prompts[i])
+                chosen = logprobs[row, : n - 1].gather(1, ids[row, 1:n, None])[:, 0].tolist()
+                tops = [list(zip(a, b)) for a, b in zip(indices[row, :n].tolist(), values[row, :n].tolist())]
+                out[i] = (chosen, tops)
+    return out
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:

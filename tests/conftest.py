@@ -80,3 +80,45 @@ def start_cli(*args: str, module: str = "autoglm_bench", env: dict | None = None
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def served_tiny_glm(model_cache, tmp_path_factory):
+    """``python -m autoglm_bench.serve`` serving tiny_glm on a free loopback port, as a user starts it: its
+    OpenAI-compatible API root (``.../v1``). Its log goes to a file (a pipe nobody reads could fill)."""
+    log = tmp_path_factory.mktemp("served") / "serve.log"
+    with log.open("w") as err:
+        proc = start_cli(
+            "model=tiny_glm",
+            "task=toy_sentiment",
+            "threads=1",
+            "serve.port=0",
+            "serve.max_wait_ms=2",
+            module="autoglm_bench.serve",
+            env={"OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        line = proc.stdout.readline()
+        assert " on http://127.0.0.1:" in line, log.read_text()[-3000:]
+        yield line.split(" on ")[1].strip() + "/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def openai_model(api_root: str, *overrides: str) -> list[str]:
+    """The overrides of ``model=openai`` reaching ``api_root``'s tiny_glm (its tokenizer from the local folder)."""
+    from autoglm_bench.config import ModelConfig
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
+
+    folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+    return [
+        "model=openai",
+        f"model.base_url={api_root}",
+        "model.served_model=tiny_glm",
+        f"model.tokenizer={folder}",
+        *overrides,
+    ]

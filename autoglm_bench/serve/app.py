@@ -75,7 +75,7 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    prompt: str | list[str]
+    prompt: str | list[int] | list[list[int]] | list[str]  # text, or token ids as vLLM takes them
     max_tokens: int = 16
     stop: str | list[str] | None = None
     logprobs: int | None = None
@@ -359,18 +359,37 @@ class Service:
         predictions, _, tokens = classify(served.head, served.tokenizer, state.task, state.run, examples, served.device)
         return predictions, tokens
 
-    def _text(self, served: Served, key: Hashable, prompts: list[str]) -> tuple[list[Any], int]:
+    def _text(self, served: Served, key: Hashable, payloads: list[Any]) -> tuple[list[Any], int]:
+        """Completions of text prompts, token-id prompts (:mod:`.completions`) and chats (message lists,
+        rendered with the model's chat template), each kind in one batch."""
         from ..scoring import generate_until
+        from .completions import chat_prompt, id_completions
 
         if served.lm is None:
             raise BadRequest(422, f"model {served.spec.name!r} is a classification head; it does not generate text")
         max_new_tokens, until, logprobs, echo = key[2], list(key[3]), key[4], key[5]
-        if max_new_tokens > 0:
-            texts, stats = generate_until(served.lm, prompts, until, max_new_tokens, len(prompts), progress=False)
-            tokens = stats.tokens
-        else:
-            texts, tokens = [""] * len(prompts), 0
-        results = [token_logprobs(served.lm, p, t, logprobs, echo, max_new_tokens) for p, t in zip(prompts, texts)]
+        results: list[Any] = [None] * len(payloads)
+        ids = [i for i, p in enumerate(payloads) if isinstance(p, list) and (not p or isinstance(p[0], int))]
+        prompts = {i: p for i, p in enumerate(payloads) if i not in ids}
+        tokens = 0
+        if ids:
+            token_prompts = [payloads[i] for i in ids]
+            answers, tokens = id_completions(served.lm, token_prompts, max_new_tokens, until, logprobs, echo)
+            for i, answer in zip(ids, answers):
+                results[i] = BadRequest(*answer) if isinstance(answer, tuple) else answer
+        for i, p in list(prompts.items()):
+            if isinstance(p, dict):  # a chat
+                if not getattr(served.tokenizer, "chat_template", None):
+                    results[i] = BadRequest(422, f"model {served.spec.name!r} has no chat template")
+                    del prompts[i]
+                else:
+                    prompts[i] = chat_prompt(served.tokenizer, p["messages"])
+        texts = [""] * len(prompts)
+        if max_new_tokens > 0 and prompts:
+            texts, stats = generate_until(served.lm, list(prompts.values()), until, max_new_tokens, len(prompts), False)
+            tokens += stats.tokens
+        for (i, p), t in zip(prompts.items(), texts):
+            results[i] = token_logprobs(served.lm, p, t, logprobs, echo, max_new_tokens)
         return results, tokens
 
     # ------------------------------------------------------------ request handlers
@@ -457,11 +476,20 @@ class Service:
         if body.logprobs is not None and not 0 <= body.logprobs <= 20:
             raise BadRequest(422, f"logprobs must be in 0..20, got {body.logprobs}")
         self.check_new_tokens(body.max_tokens, lowest=0)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        from .completions import MAX_PROMPTS
+
+        one = isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], int))
+        prompts: list[Any] = [body.prompt] if one else list(body.prompt)
         if not prompts:
             raise BadRequest(422, "prompt is an empty list")
+        if len(prompts) > MAX_PROMPTS:
+            raise BadRequest(413, f"{len(prompts)} prompts in one request; this server takes at most {MAX_PROMPTS}")
+        limit = self.run.serve.max_input_chars
         for p in prompts:
-            self.check_length("prompt", p)
+            if isinstance(p, str):
+                self.check_length("prompt", p)
+            elif len(p) > limit:  # a token is at least a character
+                raise BadRequest(413, f"a prompt of {len(p)} tokens; this server takes at most {limit}")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         key = ("text", spec.name, body.max_tokens, stop, body.logprobs, body.echo)
         done = await asyncio.gather(*(self.submit(key, p, 0.0) for p in prompts))
@@ -472,7 +500,7 @@ class Service:
             choices.append(
                 {
                     "index": i,
-                    "text": (prompts[i] if body.echo else "") + result["text"],
+                    "text": (prompts[i] if body.echo and isinstance(prompts[i], str) else "") + result["text"],
                     "logprobs": result["logprobs"],
                     "finish_reason": result["finish_reason"],
                 }
@@ -488,6 +516,39 @@ class Service:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
+        }
+
+    async def chat_completions(self, body: Any) -> dict[str, Any]:
+        """/v1/chat/completions: the messages through the model's chat template, then greedy generation."""
+        from .completions import CHAT_ROLES
+
+        spec = self.spec(body.model)
+        if body.stream or body.n != 1:
+            raise BadRequest(400, "stream and n > 1 are not supported; send one request per completion")
+        if body.temperature not in (None, 0, 0.0):
+            raise BadRequest(400, f"only greedy decoding is served (temperature 0), got temperature={body.temperature}")
+        new = body.max_completion_tokens or body.max_tokens or 64
+        self.check_new_tokens(new)
+        messages = [m.model_dump() for m in body.messages]
+        if not messages or any(m["role"] not in CHAT_ROLES for m in messages):
+            raise BadRequest(422, f"messages must be a non-empty list with roles in {', '.join(CHAT_ROLES)}")
+        self.check_length("messages", json.dumps(messages, ensure_ascii=False))
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        result, _ = await self.submit(("text", spec.name, new, stop, None, False), {"messages": messages}, 0.0)
+        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": spec.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result["text"]},
+                    "finish_reason": result["finish_reason"],
+                }
+            ],
+            "usage": {**usage, "total_tokens": sum(usage.values())},
         }
 
     async def describe_task(self, name: str) -> dict[str, Any]:
@@ -634,6 +695,12 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         return JSONResponse(await service.completions(await parse(request, CompletionRequest)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        from .completions import ChatRequest
+
+        return JSONResponse(await service.chat_completions(await parse(request, ChatRequest)))
 
     @app.get("/v1/models")
     async def models():
