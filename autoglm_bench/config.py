@@ -523,7 +523,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
     if m.kind != "tiny_glm" and m.path and m.path.startswith(("/", "~", ".")):  # absolute, ~, ./, ../
         folder = Path(m.path).expanduser()
-        if not folder.is_dir():  # else from_pretrained would take it for a malformed hub id
+        if not folder.is_dir():  # else loading would take it for a malformed hub id
             what = "is not a folder" if folder.exists() else "does not exist"
             raise ConfigError(f"model.path {m.path!r} is a local path and {what} ({folder.resolve()})")
     if m.needs_remote_code and not m.trust_remote_code:
@@ -579,13 +579,13 @@ def validate_openai(run: RunConfig) -> None:
             f"task {run.task.name!r} is multiple choice, scored by log-likelihoods, which a chat-only server "
             "(model.api=chat) does not return; use model.api=completions (echo and logprobs) or a generation task"
         )
-    if m.api == "completions" and not (m.tokenizer or m.served_model):
-        raise ConfigError("model=openai with model.api=completions needs model.tokenizer=<hub id or folder>")
 
 
 def validate_serve(run: RunConfig) -> None:
     """The checks of the serve.* settings (python -m autoglm_bench.serve)."""
     sv = run.serve
+    if run.model.kind == "openai" or "openai" in sv.models:
+        raise ConfigError("serve runs models in its own process; model=openai is a model served elsewhere")
     _one_of("serve.policy", sv.policy, SERVE_POLICIES)
     if not 0 <= sv.port < 65536:
         raise ConfigError(f"serve.port must be in 0..65535 (0: any free port), got {sv.port}")

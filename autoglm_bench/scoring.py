@@ -391,13 +391,15 @@ def prompt_logprobs(
             batch = order[: max(1, LOGPROB_BUDGET // (width * vocab))]
             order = order[len(batch) :]
             ids, mask = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device, left=False)
-            logprobs = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-            values, indices = logprobs.topk(k, dim=-1)
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits.float()
+            norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm
+            chosen_all = (logits[:, :-1].gather(2, ids[:, 1:, None]) - norm[:, :-1])[..., 0].tolist()
+            values, indices = logits.topk(k, dim=-1)
+            values, indices = (values - norm).tolist(), indices.tolist()
             for row, i in enumerate(batch):
                 n = len(prompts[i])
-                chosen = logprobs[row, : n - 1].gather(1, ids[row, 1:n, None])[:, 0].tolist()
-                tops = [list(zip(a, b)) for a, b in zip(indices[row, :n].tolist(), values[row, :n].tolist())]
-                out[i] = (chosen, tops)
+                tops = [list(zip(a, b)) for a, b in zip(indices[row][:n], values[row][:n])]
+                out[i] = (chosen_all[row][: n - 1], tops)
     return out
 
 

@@ -212,6 +212,11 @@ BAD = [
     ("/classify", {"input": "just text"}, 422, "input:"),
     ("/classify", {"input": {"text": "x"}, "colour": "red"}, 422, "unknown field 'colour'"),
     ("/v1/completions", {"prompt": "x", "temperature": 0.7}, 400, "only greedy decoding"),
+    ("/v1/completions", {"prompt": [5, 4096], "max_tokens": 1}, 422, "token ids must be in 0..4095"),
+    ("/v1/completions", {"prompt": [[5, 6]] * 257}, 413, "257 prompts in one request; this server takes at most 256"),
+    ("/v1/completions", {"prompt": [7] * 16001}, 413, "a prompt of 16001 tokens; this server takes at most 16000"),
+    ("/v1/completions", {"prompt": [7] * 2048, "max_tokens": 1}, 413, "exceed 2048"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422, "roles in system, user"),
 ]
 
 

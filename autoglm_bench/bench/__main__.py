@@ -12,6 +12,7 @@ BENCHMARKS = {
     "task-glm": "autoglm_bench.bench.task_glm",
     "serve": "autoglm_bench.bench.serve",
     "lmeval": "autoglm_bench.bench.lmeval",
+    "remote": "autoglm_bench.bench.remote",
 }
 
 

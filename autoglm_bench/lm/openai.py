@@ -12,8 +12,10 @@ to ``/v1/completions`` with ``stop``, or, for a chat-only server (``model.api=ch
 Up to ``model.concurrency`` requests are in flight, each with up to ``model.prompts_per_request`` prompts.
 A request answered 429 or 5xx, timed out (``model.timeout_s``) or dropped is retried up to
 ``model.max_retries`` times, after the server's ``Retry-After`` or an exponential backoff with jitter.
-``usage`` (prompt and completion tokens, requests, retries) goes into results.json ``cost``. The API key is
-read from the environment variable ``model.api_key_env`` names and is never recorded.
+``usage`` (prompt and completion tokens, requests, retries) goes into results.json ``cost``. A server that
+refuses a request (4xx) stops the run with a one-line :class:`ConfigError`; what was scored before is in the
+request cache. The API key is read from the environment variable ``model.api_key_env`` names and is never
+recorded.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ VOLATILE = ("created", "permission")  # /v1/models fields that change when a ser
 
 
 class RemoteError(RuntimeError):
-    """A server's answer the backend cannot use, or no answer after the retries; the message is one line."""
+    """No usable answer after the retries, or an answer of the wrong shape; the message is one line. (A server
+    that refuses a request, 4xx, is a :class:`ConfigError`: what was asked must change.)"""
 
 
 class OpenAILM(LM):
@@ -112,7 +115,7 @@ class OpenAILM(LM):
                 ids, ctxlen = prompts[i][0], prompts[i][1]
                 echoed = (choice.get("logprobs") or {}).get("token_logprobs")
                 if not isinstance(echoed, list) or len(echoed) < len(ids):
-                    raise RemoteError(
+                    raise ConfigError(
                         f"{self.host} did not echo the prompt's log-probabilities (/v1/completions with echo and "
                         "logprobs); a server without them can only run generation tasks"
                     )
@@ -223,8 +226,8 @@ class OpenAILM(LM):
                         return response.json()
                     except ValueError:
                         raise RemoteError(f"{where} answered 200 with a body that is not JSON") from None
-                if response.status_code != 429 and response.status_code < 500:
-                    raise RemoteError(f"{where} answered HTTP {response.status_code}: {_error_text(response)}")
+                if response.status_code != 429 and response.status_code < 500:  # the server refuses what was asked
+                    raise ConfigError(f"{where} answered HTTP {response.status_code}: {_error_text(response)}")
                 why = f"HTTP {response.status_code}"
                 wait = _retry_after(response, wait)
             if attempt == self.cfg.max_retries:

@@ -293,7 +293,8 @@ class Service:
         """One input row rendered exactly as the harness renders an eval row: (Example, has a gold target).
 
         A row without the target's fields is rendered with a placeholder target (the demos keep theirs)."""
-        from ..prompts import minilm_embedder, render_examples
+        from ..lm.hf import minilm_embedder
+        from ..prompts import render_examples
         from ..tasks import Task
 
         self.check_length("input", json.dumps(row, ensure_ascii=False))

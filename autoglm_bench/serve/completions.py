@@ -71,8 +71,8 @@ def id_completions(
         generated, _ = generate_ids(lm, [prompts[i] for i in ok], until, max_new_tokens, len(ok), progress=False)
         for i, text in zip(ok, generated):
             texts[i], conts[i] = text, tok(text, add_special_tokens=False)["input_ids"]
-    if top is not None:
-        todo = [i for i in ok if i not in scored]
+    todo = [i for i in ok if i not in scored] if top is not None else []
+    if todo:
         scored.update(zip(todo, prompt_logprobs(lm, [prompts[i] + conts[i] for i in todo], top)))
     tokens = 0
     for i in ok:
@@ -93,7 +93,7 @@ def _logprobs(tok: Any, ids: list[int], chosen: list[float], tops: list[Any], to
     """OpenAI's logprobs object for ``ids[start:]``: each token, its log-probability (none for the very first
     token) and the ``top`` most likely tokens at its position, with text offsets."""
     shown = range(start, len(ids))
-    pieces = tok.batch_decode([[ids[j]] for j in shown] + [[t] for j in shown if j for t, _ in tops[j - 1][:top]])
+    pieces = _pieces(tok, [ids[j] for j in shown] + [t for j in shown if j for t, _ in tops[j - 1][:top]])
     tokens, alternatives = pieces[: len(shown)], iter(pieces[len(shown) :])
     offsets, offset = [], 0
     for piece in tokens:
@@ -105,6 +105,14 @@ def _logprobs(tok: Any, ids: list[int], chosen: list[float], tops: list[Any], to
         "top_logprobs": [{next(alternatives): lp for _, lp in tops[j - 1][:top]} if j else None for j in shown],
         "text_offset": offsets,
     }
+
+
+def _pieces(tok: Any, ids: list[int]) -> list[str]:
+    """The text of each token alone (one call into a fast tokenizer's Rust decoder where there is one)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return tok.batch_decode([[i] for i in ids])
 
 
 def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
