@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,28 @@ def start_cli(*args: str, module: str = "autoglm_bench", env: dict | None = None
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+def cache_rows(path: Path) -> int:
+    """The requests stored in a request-cache file (0 before it or its table exists)."""
+    if not path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=10) as conn:
+            return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+
+
+def kill_once_cached(cache: Path, *args: str, env: dict | None = None) -> None:
+    """Start ``python -m autoglm_bench ARGS`` in the background and SIGKILL it (its whole session) as soon as
+    its request cache ``cache`` holds a row (or it ends, or 300 s pass)."""
+    proc = start_cli(*args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and cache_rows(cache) == 0:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="session")

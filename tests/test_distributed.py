@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ ray = pytest.importorskip("ray")
 from omegaconf import OmegaConf  # noqa: E402
 
 from autoglm_bench.config import ConfigError, RayConfig, compose  # noqa: E402
+
+from .conftest import cache_rows  # noqa: E402
 
 RUN = ["task=toy_sentiment", "model=tiny_glm", "prompt.k_shot=2", "limit=48", "dev_size=8", "method.score_dev=true"]
 RUN += ["logger=none", "threads=1", "method.batch_size=2", "method.scorer=naive"]
@@ -93,12 +94,7 @@ def test_ray_evaluation_survives_a_killed_actor_and_a_rerun_scores_nothing(ray_r
     def kill_an_actor_once_something_is_cached() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            try:
-                with sqlite3.connect(cache, timeout=10) as conn:
-                    rows = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-            except sqlite3.OperationalError:
-                rows = 0
-            if rows:
+            if cache_rows(cache):
                 actors = [p for p in descendants(os.getpid()) if cmdline(p).startswith("ray::HFWorker")]
                 os.kill(actors[0], signal.SIGKILL)
                 killed.append(actors[0])

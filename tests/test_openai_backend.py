@@ -5,13 +5,6 @@ cost retries and nothing else; a killed run resumes sending only what its cache 
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("fastapi")
@@ -22,7 +15,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from autoglm_bench.config import ConfigError, compose  # noqa: E402
 from autoglm_bench.evaluate import run_evaluate  # noqa: E402
 
-from .conftest import openai_model, read_results, run_cli, start_cli  # noqa: E402
+from .conftest import cache_rows, kill_once_cached, openai_model, read_results, run_cli  # noqa: E402
 from .fault_proxy import FaultProxy  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -133,14 +126,6 @@ def test_faults_cost_retries_and_nothing_else(served_tiny_glm, tmp_path):
             assert later and min(later) - when >= 0.95
 
 
-def cache_rows(path: Path) -> int:
-    try:
-        with sqlite3.connect(path, timeout=10) as conn:
-            return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 def test_a_killed_run_resumes_sending_only_what_the_cache_lacks(served_tiny_glm, tmp_path):
     proxy = FaultProxy(served_tiny_glm.removesuffix("/v1"), delay_s=0.05)  # 50 ms of network per request
     cache = tmp_path / "cache.sqlite"
@@ -148,19 +133,7 @@ def test_a_killed_run_resumes_sending_only_what_the_cache_lacks(served_tiny_glm,
     args = ["+experiment=quickstart", "limit=64", "dev_size=8", "method.batch_size=2", "logger=none"]
     args += [*openai_model(proxy.url + "/v1", *settings), f"method.cache_path={cache}"]
     try:
-        proc = start_cli(
-            *args,
-            f"hydra.run.dir={tmp_path / 'killed'}",
-            env=ONE_THREAD,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline and cache_rows(cache) == 0:
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_once_cached(cache, *args, f"hydra.run.dir={tmp_path / 'killed'}", env=ONE_THREAD)
         stored = cache_rows(cache)
         sent_before = len(proxy.prompts)
         proxy.reset()

@@ -203,9 +203,9 @@ def report(args: argparse.Namespace, model: str, runs: dict[str, list[dict[str, 
 
 def _lmeval_side(spec: dict[str, Any]) -> None:
     """The lm-eval process: its local-completions model against the server, the task, per-example lls."""
-    import lm_eval
     from lm_eval.models.openai_completions import LocalCompletionsAPI
-    from lm_eval.tasks import TaskManager
+
+    from autoglm_bench.bench.lmeval import lmeval_loglikelihoods
 
     lm = LocalCompletionsAPI(
         base_url=spec["base_url"],
@@ -216,18 +216,7 @@ def _lmeval_side(spec: dict[str, Any]) -> None:
         num_concurrent=spec["num_concurrent"],
         batch_size=spec["batch_size"],
     )
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[spec["task"]],
-        num_fewshot=spec["shots"],
-        limit=spec["limit"],
-        log_samples=True,
-        bootstrap_iters=0,
-        task_manager=TaskManager(include_path=spec["task_dir"], include_defaults=False),
-    )
-    samples = sorted(out["samples"][spec["task"]], key=lambda s: s["doc_id"])
-    lls = [[float(resp[0]) for resp in s["filtered_resps"]] for s in samples]
-    Path(spec["out"]).write_text(json.dumps({"lls": lls}))
+    Path(spec["out"]).write_text(json.dumps({"lls": lmeval_loglikelihoods(lm, spec)}))
 
 
 if __name__ == "__main__":
