@@ -369,7 +369,7 @@ def generate_ids(
     return outputs, stats
 
 
-LOGPROB_BUDGET = 2**25  # logits (positions x vocabulary) one forward pass of prompt_logprobs may hold
+LOGPROB_BUDGET = 2**22  # logits (positions x vocabulary) prompt_logprobs holds at once
 
 
 def prompt_logprobs(
@@ -377,30 +377,51 @@ def prompt_logprobs(
 ) -> list[tuple[list[float], list[list[tuple[int, float]]]]]:
     """For each token-id prompt: the log-probability of each token after the ones before it (from the second
     token on), and at every position (the last one's is the next token's distribution) the ``max(top, 1)``
-    most likely tokens, best first: what an OpenAI-style server echoes. Prompts run right-padded in batches
-    of at most :data:`LOGPROB_BUDGET` logits."""
+    most likely tokens, best first: what an OpenAI-style server echoes.
+
+    The prompts run right-padded through the model in batches; the vocabulary projection and its
+    normalisation run on at most :data:`LOGPROB_BUDGET` logits at a time (for models whose head is a plain
+    projection, one prompt's positions at a time), which is what keeps long prompts fast on a CPU."""
     import torch
 
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    model = lm.model
+    head = model.get_output_embeddings()
+    backbone = getattr(model, model.base_model_prefix, None)
+    plain = model.config.model_type in PLAIN_HEAD_MODELS and isinstance(head, torch.nn.Linear) and backbone is not None
+    vocab = head.weight.shape[0]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[Any] = [None] * len(prompts)
-    k = max(top, 1)
     with torch.inference_mode():
         while order:
             width = len(prompts[order[0]])
-            batch = order[: max(1, LOGPROB_BUDGET // (width * vocab))]
+            batch = order[: max(1, 16 if plain else LOGPROB_BUDGET // (width * vocab))]
             order = order[len(batch) :]
             ids, mask = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device, left=False)
-            logits = lm.model(input_ids=ids, attention_mask=mask).logits.float()
-            norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm
-            chosen_all = (logits[:, :-1].gather(2, ids[:, 1:, None]) - norm[:, :-1])[..., 0].tolist()
-            values, indices = logits.topk(k, dim=-1)
-            values, indices = (values - norm).tolist(), indices.tolist()
+            if plain:
+                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            else:
+                logits = model(input_ids=ids, attention_mask=mask).logits
             for row, i in enumerate(batch):
                 n = len(prompts[i])
-                tops = [list(zip(a, b)) for a, b in zip(indices[row][:n], values[row][:n])]
-                out[i] = (chosen_all[row][: n - 1], tops)
+                row_logits = (head(hidden[row, :n]) if plain else logits[row, :n]).float()
+                out[i] = _echo(row_logits, ids[row, :n], top)
     return out
+
+
+def _echo(logits: Any, ids: Any, top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """(log-probability of ``ids[1:]``, the ``max(top, 1)`` most likely tokens at each position) from one
+    prompt's ``logits``, in chunks of positions of at most :data:`LOGPROB_BUDGET` logits."""
+    chosen: list[float] = []
+    tops: list[list[tuple[int, float]]] = []
+    step = max(1, LOGPROB_BUDGET // logits.shape[-1])
+    for a in range(0, logits.shape[0], step):
+        part = logits[a : a + step]
+        norm = part.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm
+        nxt = ids[a + 1 : a + step + 1]
+        chosen += (part[: len(nxt)].gather(1, nxt[:, None]) - norm[: len(nxt)])[:, 0].tolist()
+        values, indices = part.topk(max(top, 1), dim=-1)
+        tops += [list(zip(i, v)) for i, v in zip(indices.tolist(), (values - norm).tolist())]
+    return chosen, tops
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:
