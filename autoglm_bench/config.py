@@ -311,18 +311,33 @@ class RayConfig:
 
 @dataclass
 class ServeConfig:
-    """python -m autoglm_bench.serve: the inference service (autoglm_bench/serve)."""
+    """python -m autoglm_bench.serve: the inference service (autoglm_bench/serve). Every request is checked
+    against the limits below before any work starts; README "Inference service" has the table."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # a non-loopback address needs api_key_env
     port: int = 8080  # 0: any free port (the server prints the one it got)
     models: list[str] = field(default_factory=list)  # more models: conf/model options or finetune run dirs
+    tasks: list[str] = field(default_factory=list)  # more task options served besides task= (loaded at start)
     batch_size: int = 16  # requests per forward pass at most; 1 turns batching off
     max_wait_ms: float = 5.0  # how long the oldest queued request waits for a batch to fill
     policy: str = "fifo"  # fifo | priority (a request's "priority": higher first, fifo among equals)
     idle_release_s: float = 600.0  # a model unused this long is released
-    memory_budget_mb: float | None = None  # loading past this releases idle models, least recently used first
-    max_input_chars: int = 16000  # longer prompts or inputs are refused (413)
+    memory_budget_mb: float | None = None  # loading past this releases idle models first, least recently used
+    max_input_chars: int = 16000  # characters of a prompt or of an input row's text, as sent (413)
     max_new_tokens: int = 512  # the most a request may ask for
+    max_stop: int = 16  # stop strings per request at most
+    max_stop_chars: int = 256  # characters per stop string at most
+    max_logprobs: int = 20  # /v1/completions logprobs at most
+    max_prompts: int = 32  # prompts in one /v1/completions request at most
+    max_request_tokens: int = 16384  # a raw-prompt request's prompt tokens plus tokens asked for, all prompts
+    max_batch_tokens: int = 8192  # tokens per forward pass (rows x longest row, estimated): bounds its memory
+    max_body_bytes: int = 1048576  # request body bytes at most, enforced while the body is read (413)
+    max_queue: int = 256  # queued requests at most; more get 503 with Retry-After
+    max_queue_wait_s: float = 30.0  # priority ageing: a request waiting this long goes before any newer one
+    request_timeout_s: float = 120.0  # a request not answered by then gets 504
+    shutdown_timeout_s: float = 30.0  # on SIGTERM/SIGINT: in-flight requests get this long, then 503
+    allowed_hosts: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])  # Host header; "*": any
+    api_key_env: str | None = None  # the environment variable holding the bearer token; null: no auth
 
 
 @dataclass
@@ -596,14 +611,51 @@ def validate_serve(run: RunConfig) -> None:
         )
     if sv.memory_budget_mb is not None and sv.memory_budget_mb <= 0:
         raise ConfigError(f"serve.memory_budget_mb must be > 0 (or null: no budget), got {sv.memory_budget_mb}")
-    if sv.max_input_chars < 1 or sv.max_new_tokens < 1:
+    at_least_one = (
+        "max_input_chars",
+        "max_new_tokens",
+        "max_stop_chars",
+        "max_prompts",
+        "max_request_tokens",
+        "max_batch_tokens",
+        "max_body_bytes",
+        "max_queue",
+    )
+    for key in at_least_one:
+        if getattr(sv, key) < 1:
+            raise ConfigError(f"serve.{key} must be >= 1, got {getattr(sv, key)}")
+    for key in ("max_stop", "max_logprobs"):
+        if getattr(sv, key) < 0:
+            raise ConfigError(f"serve.{key} must be >= 0, got {getattr(sv, key)}")
+    for key in ("max_queue_wait_s", "request_timeout_s", "shutdown_timeout_s"):
+        if not getattr(sv, key) > 0:
+            raise ConfigError(f"serve.{key} must be > 0 seconds, got {getattr(sv, key)}")
+    if not sv.allowed_hosts:
+        raise ConfigError('serve.allowed_hosts is empty: no request could reach the server (["*"] allows any)')
+    if sv.api_key_env is not None and not os.environ.get(sv.api_key_env):
+        raise ConfigError(f"serve.api_key_env={sv.api_key_env!r} but that environment variable is not set or empty")
+    if sv.api_key_env is None and not is_loopback(sv.host):
         raise ConfigError(
-            f"serve.max_input_chars and serve.max_new_tokens must be >= 1, got {sv.max_input_chars}, "
-            f"{sv.max_new_tokens}"
+            f"serve.host={sv.host!r} is not a loopback address: set serve.api_key_env to the name of an environment "
+            "variable holding a bearer token (clients send Authorization: Bearer <token>)"
         )
     for name in sv.models:
         if not Path(name).expanduser().is_dir():
             _one_of("model in serve.models", name, group_options("model"), " (or a finetune run directory)")
+    for name in sv.tasks:
+        _one_of("task in serve.tasks", name, group_options("task"))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only listens on this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def validate_finetune(run: RunConfig) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -306,6 +307,18 @@ def loglikelihood_naive(
     return results, stats
 
 
+@dataclass
+class Generated:
+    """One greedy continuation: the context's token ids as the model saw them (after any cut from the left),
+    the tokens generated (up to the end-of-text token, which is not included, or up to the one that completed
+    a stop string), the decoded text cut before the first stop string, and why it ended."""
+
+    context: list[int]
+    tokens: list[int]
+    text: str
+    finish: str  # "stop" (end-of-text or a stop string) or "length" (max_new_tokens reached)
+
+
 def generate_until(
     lm: Any,
     contexts: list[str],
@@ -315,7 +328,9 @@ def generate_until(
     progress: bool = True,
 ) -> tuple[list[str], ScoreStats]:
     """Greedy continuation of each context, cut at the first stop string (which is not included)."""
-    return generate_ids(lm, encode_contexts(lm.tokenizer, contexts), until, max_new_tokens, batch_size, progress)
+    encoded = encode_contexts(lm.tokenizer, contexts)
+    generated, stats = generate(lm, encoded, until, max_new_tokens, batch_size, progress)
+    return [g.text for g in generated], stats
 
 
 def encode_contexts(tokenizer: Any, contexts: list[str]) -> list[list[int]]:
@@ -325,30 +340,39 @@ def encode_contexts(tokenizer: Any, contexts: list[str]) -> list[list[int]]:
     return [ids or [prefix_token_id(tokenizer)] for ids in tok_encode(tokenizer, contexts, lead=lead)]
 
 
-def generate_ids(
+def generate(
     lm: Any,
     encoded: list[list[int]],
     until: list[str],
     max_new_tokens: int,
     batch_size: int = 16,
     progress: bool = True,
-) -> tuple[list[str], ScoreStats]:
-    """:func:`generate_until` of contexts given as token ids, each keeping its last ``max_length -
-    max_new_tokens`` tokens."""
+    abort: Callable[[], bool] | None = None,
+) -> tuple[list[Generated], ScoreStats]:
+    """Greedy continuation of each context, given as token ids (:func:`encode_contexts` encodes text as
+    lm-evaluation-harness does for generation), as :class:`Generated` records (what :func:`generate_until`
+    returns the texts of). Contexts keep their last ``max_length - max_new_tokens`` tokens. Generation ends at
+    the end-of-text token, at a stop string (:class:`StopOnText`), after ``max_new_tokens``, or for every row
+    as soon as ``abort()`` (asked after each token) is true."""
     import torch
+    from transformers import StoppingCriteriaList
 
     start = time.perf_counter()
     tok = lm.tokenizer
     max_ctx = max(1, lm.max_length - max_new_tokens)
     encoded = [e[-max_ctx:] for e in encoded]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs = [""] * len(encoded)
+    outputs: list[Generated] = [Generated([], [], "", "length") for _ in encoded]
+    ends = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
     stats = ScoreStats(examples=len(encoded))
     bar = _progress(len(encoded), progress)
+    if max_new_tokens <= 0:
+        return [Generated(e, [], "", "length") for e in encoded], stats
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             ids, mask = _left_pad([encoded[i] for i in idx], tok.pad_token_id, lm.device)
+            stop = StopOnText(tok, until, ids.shape[1], abort)
             generated = lm.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -356,12 +380,15 @@ def generate_ids(
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
-                stop_strings=list(until) or None,
-                tokenizer=tok,
+                stopping_criteria=StoppingCriteriaList([stop]),
             )[:, ids.shape[1] :]
             for i, row in zip(idx, generated.tolist()):
-                text = tok.decode([t for t in row if t != tok.pad_token_id], skip_special_tokens=True)
-                outputs[i] = cut_at_stop(text, until)
+                end = next((j for j, t in enumerate(row) if t in ends), len(row))
+                tokens = row[:end]
+                text = tok.decode(tokens, skip_special_tokens=True)
+                cut = cut_at_stop(text, until)
+                finish = "stop" if end < len(row) or cut != text or len(tokens) < max_new_tokens else "length"
+                outputs[i] = Generated(encoded[i], tokens, cut, finish)
                 stats.tokens += len(encoded[i]) + len(row)
             bar.update(len(idx))
     bar.close()
@@ -369,59 +396,34 @@ def generate_ids(
     return outputs, stats
 
 
-LOGPROB_BUDGET = 2**22  # logits (positions x vocabulary) prompt_logprobs holds at once
+class StopOnText:
+    """A stopping criterion for ``model.generate``: a row is done once its generated text (the prompt is not
+    looked at) contains one of the stop strings ``until``; every row is once ``abort()`` is true.
 
+    Each step decodes only the last tokens of each row, as many as the longest stop string can span (a token
+    is at least one byte, a character at most four), so it keeps no more than the text generated.
+    transformers' own ``stop_strings`` precompute tables over the whole vocabulary for every character of
+    every stop string: about 30 KB per character with a 4k vocabulary, in memory and in time."""
 
-def prompt_logprobs(
-    lm: Any, prompts: list[list[int]], top: int
-) -> list[tuple[list[float], list[list[tuple[int, float]]]]]:
-    """For each token-id prompt: the log-probability of each token after the ones before it (from the second
-    token on), and at every position (the last one's is the next token's distribution) the ``max(top, 1)``
-    most likely tokens, best first: what an OpenAI-style server echoes.
+    def __init__(self, tokenizer: Any, until: list[str], prompt_length: int, abort: Callable[[], bool] | None = None):
+        self.tokenizer = tokenizer
+        self.until = [s for s in until if s]
+        self.prompt_length = prompt_length
+        self.abort = abort
+        self.window = 4 * max((len(s) for s in self.until), default=0) + 1
 
-    The prompts run right-padded through the model in batches; the vocabulary projection and its
-    normalisation run on at most :data:`LOGPROB_BUDGET` logits at a time (for models whose head is a plain
-    projection, one prompt's positions at a time), which is what keeps long prompts fast on a CPU."""
-    import torch
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
 
-    model = lm.model
-    head = model.get_output_embeddings()
-    backbone = getattr(model, model.base_model_prefix, None)
-    plain = model.config.model_type in PLAIN_HEAD_MODELS and isinstance(head, torch.nn.Linear) and backbone is not None
-    vocab = head.weight.shape[0]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out: list[Any] = [None] * len(prompts)
-    with torch.inference_mode():
-        while order:
-            width = len(prompts[order[0]])
-            batch = order[: max(1, 16 if plain else LOGPROB_BUDGET // (width * vocab))]
-            order = order[len(batch) :]
-            ids, mask = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device, left=False)
-            if plain:
-                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            else:
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            for row, i in enumerate(batch):
-                n = len(prompts[i])
-                row_logits = (head(hidden[row, :n]) if plain else logits[row, :n]).float()
-                out[i] = _echo(row_logits, ids[row, :n], top)
-    return out
-
-
-def _echo(logits: Any, ids: Any, top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
-    """(log-probability of ``ids[1:]``, the ``max(top, 1)`` most likely tokens at each position) from one
-    prompt's ``logits``, in chunks of positions of at most :data:`LOGPROB_BUDGET` logits."""
-    chosen: list[float] = []
-    tops: list[list[tuple[int, float]]] = []
-    step = max(1, LOGPROB_BUDGET // logits.shape[-1])
-    for a in range(0, logits.shape[0], step):
-        part = logits[a : a + step]
-        norm = part.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm
-        nxt = ids[a + 1 : a + step + 1]
-        chosen += (part[: len(nxt)].gather(1, nxt[:, None]) - norm[: len(nxt)])[:, 0].tolist()
-        values, indices = part.topk(max(top, 1), dim=-1)
-        tops += [list(zip(i, v)) for i, v in zip(indices.tolist(), (values - norm).tolist())]
-    return chosen, tops
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.abort is not None and self.abort():
+            return ~done
+        if self.until:
+            tail = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
+            for i, row in enumerate(tail):
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                done[i] = any(s in text for s in self.until)
+        return done
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:

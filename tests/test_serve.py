@@ -21,7 +21,8 @@ BASE = ["model=tiny_glm", "task=toy_sentiment", "threads=1"]
 
 
 def start(*overrides: str):
-    from autoglm_bench.serve.app import ServerThread, Service
+    from autoglm_bench.serve.server import ServerThread
+    from autoglm_bench.serve.service import Service
 
     args = [*BASE, *overrides]
     return ServerThread(Service(compose(args), args))
@@ -29,7 +30,7 @@ def start(*overrides: str):
 
 @pytest.fixture(scope="module")
 def server(model_cache):
-    srv = start("serve.batch_size=8", "serve.max_wait_ms=20")
+    srv = start("serve.batch_size=8", "serve.max_wait_ms=20", "serve.tasks=[gsm8k]")
     yield srv
     srv.stop()
 
@@ -154,16 +155,21 @@ def test_fifty_concurrent_requests_are_all_answered_in_batches(server, client):
 
 
 @pytest.mark.parametrize("policy", ["priority", "fifo"])
-def test_priority_requests_overtake_queued_ones(policy, model_cache):
-    """With the worker held, one request is taken, five ordinary ones queue, then three urgent ones: under
-    the priority policy the urgent ones run next; under fifo they run last."""
-    srv = start(f"serve.policy={policy}", "serve.batch_size=1", "serve.max_wait_ms=0")
+def test_priority_requests_overtake_queued_ones(policy, model_cache, monkeypatch):
+    """With the worker held, one request is taken, five ordinary ones queue, then three urgent ones (from an
+    authenticated client: only those may raise priority): under the priority policy the urgent ones run
+    next; under fifo they run last."""
+    monkeypatch.setenv("AUTOGLM_TEST_KEY", "s3cret")
+    srv = start(
+        f"serve.policy={policy}", "serve.batch_size=1", "serve.max_wait_ms=0", "serve.api_key_env=AUTOGLM_TEST_KEY"
+    )
     gate = threading.Event()
-    srv.service.scheduler._executor.submit(gate.wait)  # the worker is busy until the gate opens
+    srv.service.scheduler.worker.submit(gate.wait)  # the worker is busy until the gate opens
     try:
 
         async def scenario():
-            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            headers = {"Authorization": "Bearer s3cret"}
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60, headers=headers) as c:
 
                 async def send(i, priority):
                     r = await c.post("/classify", json={"input": {"text": f"film {i}"}, "priority": priority})
@@ -206,17 +212,19 @@ BAD = [
     ("/classify", {"input": {"text": "x"}, "model": "gpt-4"}, 404, "unknown model 'gpt-4'"),
     ("/classify", {"input": {"text": "x" * 20000}}, 413, "at most 16000"),
     ("/generate", {"prompt": "x", "max_new_tokens": -1}, 422, "max_new_tokens must be in 1..512, got -1"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 422, "max_new_tokens must be in 0..512, got -5"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 422, "max_tokens must be in 0..512, got -5"),
     ("/classify", {"input": {"review": "x"}}, 422, "template error"),
     ("/classify", {"input": {"text": "x"}, "task": "gsm8k"}, 422, "takes multiple_choice tasks"),
     ("/classify", {"input": "just text"}, 422, "input:"),
     ("/classify", {"input": {"text": "x"}, "colour": "red"}, 422, "unknown field 'colour'"),
     ("/v1/completions", {"prompt": "x", "temperature": 0.7}, 400, "only greedy decoding"),
-    ("/v1/completions", {"prompt": [5, 4096], "max_tokens": 1}, 422, "token ids must be in 0..4095"),
-    ("/v1/completions", {"prompt": [[5, 6]] * 257}, 413, "257 prompts in one request; this server takes at most 256"),
-    ("/v1/completions", {"prompt": [7] * 16001}, 413, "a prompt of 16001 tokens; this server takes at most 16000"),
-    ("/v1/completions", {"prompt": [7] * 2048, "max_tokens": 1}, 413, "exceed 2048"),
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422, "roles in system, user"),
+    ("/v1/completions", {"prompt": [5, 4096], "max_tokens": 1}, 422, "token ids must be in 0..4095, the vocabulary"),
+    ("/v1/completions", {"prompt": [5, -1]}, 422, "prompt"),
+    ("/v1/completions", {"prompt": [[5, 6]] * 33}, 413, "prompt has 33 prompts; this server takes at most 32"),
+    ("/v1/completions", {"prompt": [7] * 16001}, 413, "a prompt is 16001 tokens; this server takes at most 16000"),
+    ("/v1/completions", {"prompt": [7] * 2048, "max_tokens": 1}, 413, "model 'tiny_glm' takes at most 2048 tokens"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422, "each message needs a role"),
+    ("/v1/chat/completions", {"messages": []}, 422, "messages"),
 ]
 
 
@@ -233,14 +241,19 @@ def test_bad_input_gets_a_one_line_4xx_and_the_server_keeps_serving(client, path
     assert client.post("/classify", json={"input": {"text": "still fine"}}).status_code == 200
 
 
-def test_pool_releases_idle_models_reloads_them_and_evicts_least_recently_used(model_cache):
+def test_pool_releases_idle_models_reloads_them_and_releases_before_loading(model_cache):
+    """Idle release and reload; under a memory budget the least recently used idle model is released before
+    the next one loads (the loader sees the pool empty: the peak is one model, not two), and a model in use
+    is waited for, never released under its user."""
     from autoglm_bench import lm as backends
     from autoglm_bench.serve.pool import ModelPool, model_bytes
 
-    loads, refs = [], {}
+    loads, refs, held_at_load = [], {}, []
+    pools = []
 
     def loader(seed):
         def load():
+            held_at_load.append(pools[-1].memory_bytes)
             lm = backends.load(ModelConfig(name=f"glm{seed}", kind="tiny_glm", seed=seed))
             loads.append(seed)
             refs[seed] = weakref.ref(lm.model)
@@ -249,6 +262,7 @@ def test_pool_releases_idle_models_reloads_them_and_evicts_least_recently_used(m
         return load
 
     pool = ModelPool({0: loader(0), 1: loader(1)}, idle_release_s=0.3)
+    pools.append(pool)
     with pool.acquire(0) as lm:
         size = pool.memory_bytes
         assert size == model_bytes(lm.model) > 1e6
@@ -265,16 +279,18 @@ def test_pool_releases_idle_models_reloads_them_and_evicts_least_recently_used(m
     assert loads == [0, 0]  # reloaded on demand
 
     budget = ModelPool({0: loader(0), 1: loader(1)}, idle_release_s=60, memory_budget_bytes=int(size * 1.5))
+    pools.append(budget)
+    held_at_load.clear()
     with budget.acquire(0):
         pass
     with budget.acquire(1):
         pass
-    assert list(budget.loaded) == [1]  # 0, least recently used, made room
-    with budget.acquire(1):
-        with budget.acquire(0):  # 1 is in use: both stay, over budget, until 1 is released
-            assert list(budget.loaded) == [1, 0]
-        assert list(budget.loaded) == [1, 0]
-    assert list(budget.loaded) == [1]  # then 0, now the least recently used, goes
+    assert list(budget.loaded) == [1] and held_at_load == [0, 0]  # 0 went before 1 loaded
+    lease = budget.lease(1)  # a batch holds 1 while 0 must load: the load waits for it
+    threading.Timer(0.3, lease.close).start()
+    with budget.acquire(0):
+        assert list(budget.loaded) == [0]
+    assert held_at_load == [0, 0, 0]
     assert loads == [0, 0, 0, 1, 0]
 
 
@@ -355,17 +371,19 @@ def test_a_finetune_run_directory_is_served_by_task(model, peft, tmp_path, model
     ]
     run_dir = tmp_path / "run"
     record = execute(OmegaConf.structured(compose(overrides)), run_dir)
-    srv = start(f"serve.models=[{run_dir}]")
+    srv = start(f"serve.models=[{run_dir}]", "serve.tasks=[sst2]")
     try:
         rows = _test_rows(compose(overrides))
-        bodies = [{"model": str(run_dir), "input": _public(r)} for r in rows]
+        bodies = [{"model": "run", "input": _public(r)} for r in rows]  # served under its folder's name
         answers = asyncio.run(_post_all(srv.url, "/task", bodies))
         base = asyncio.run(_post_all(srv.url, "/task", [{"input": _public(r)} for r in rows]))
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            other_task = c.post("/task", json={"model": str(run_dir), "task": "sst2", "input": {"sentence": "x"}})
-            text = c.post("/generate", json={"model": str(run_dir), "prompt": "hello", "max_new_tokens": 2})
+            other_task = c.post("/task", json={"model": "run", "task": "sst2", "input": {"sentence": "x"}})
+            text = c.post("/generate", json={"model": "run", "prompt": "hello", "max_new_tokens": 2})
+            listed = c.get("/v1/models").json()["data"]
     finally:
         srv.stop()
+    assert [m["id"] for m in listed] == ["tiny_glm", "run"]  # no absolute path in any answer
     kind = "classification_head" if model == "minilm" else "multiple_choice"
     for answer, expected in zip(answers, record["predictions"]):
         out = answer.json()

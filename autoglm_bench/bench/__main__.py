@@ -11,6 +11,7 @@ BENCHMARKS = {
     "search": "autoglm_bench.bench.search",
     "task-glm": "autoglm_bench.bench.task_glm",
     "serve": "autoglm_bench.bench.serve",
+    "serve-adversarial": "autoglm_bench.bench.serve_adversarial",
     "lmeval": "autoglm_bench.bench.lmeval",
     "remote": "autoglm_bench.bench.remote",
 }

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> None:
         batch = sum(r["batched"] for r in rounds) / max(1.0, sum(r["batches"] for r in rounds))
         print(
             f"{mode:<10}{clients:>8}{len(latencies):>10}{rps[(mode, clients)]:>10.1f}"
-            f"{_quantile(latencies, 0.5) * 1000:>10.1f}{_quantile(latencies, 0.99) * 1000:>10.1f}{batch:>12.1f}"
+            f"{quantile(latencies, 0.5) * 1000:>10.1f}{quantile(latencies, 0.99) * 1000:>10.1f}{batch:>12.1f}"
         )
     print("req/s: the median over the rounds; p50/p99: over all requests of the level")
     for clients in levels:
@@ -150,12 +150,13 @@ async def load(url: str, inputs: list[dict], clients: int, total: int, seconds: 
     return {"latencies": latencies, "rps": len(latencies) / elapsed}
 
 
-async def post(reader: Any, writer: Any, host: str, path: str, body: bytes) -> tuple[int, bytes]:
-    """One HTTP/1.1 POST on an open keep-alive connection: (status, body). A minimal client, so that the
-    load generator, which shares the machine with the server, costs little (httpx's async client capped
-    this benchmark at a few hundred requests/s on 2 cores)."""
+async def post(reader: Any, writer: Any, host: str, path: str, body: bytes, headers: str = "") -> tuple[int, bytes]:
+    """One HTTP/1.1 POST on an open keep-alive connection: (status, body); ``headers``: more header lines,
+    each ending in CRLF. A minimal client, so that the load generator, which shares the machine with the
+    server, costs little (httpx's async client capped this benchmark at a few hundred requests/s on 2 cores)."""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}\r\n"
     )
     writer.write(head.encode() + body)
     await writer.drain()
@@ -168,7 +169,7 @@ async def post(reader: Any, writer: Any, host: str, path: str, body: bytes) -> t
     return status, await reader.readexactly(length)
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     """The nearest-rank quantile of sorted ``values``."""
     if not values:
         return float("nan")

@@ -2,8 +2,11 @@
 
 The arguments are config overrides, composed like every run (``model=tiny_glm task=sst2 prompt.k_shot=2``),
 plus the serve.* settings: host, port (0: any free port), models (more conf/model options or finetune run
-directories), batch_size, max_wait_ms, policy (fifo | priority), idle_release_s, memory_budget_mb,
-max_input_chars, max_new_tokens. Endpoints: / (a page to try prompts), /health, /metrics, /tasks,
+directories), tasks (more task options), batch_size, max_wait_ms, policy (fifo | priority), idle_release_s,
+memory_budget_mb, the limits (max_input_chars, max_new_tokens, max_stop, max_stop_chars, max_logprobs,
+max_prompts, max_request_tokens, max_body_bytes, max_queue, max_queue_wait_s, request_timeout_s,
+shutdown_timeout_s), allowed_hosts and api_key_env (the environment variable holding the bearer token; needed
+for a non-loopback host). Endpoints: / (a page to try prompts), /health, /metrics, /openapi.json, /tasks,
 /tasks/NAME, /classify, /task, /generate, /v1/completions, /v1/models.
 
     python -m autoglm_bench.serve model=tiny_glm task=toy_sentiment serve.port=8080
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(run.seed)
         if run.threads is not None:
             torch.set_num_threads(run.threads)
-        from .app import serve
+        from .server import serve
 
         serve(run, argv)
     except (ConfigError, HydraException, OmegaConfBaseException) as exc:
