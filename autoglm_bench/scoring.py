@@ -15,6 +15,9 @@ When every context starts with the same tokens (a k-shot block, a long instructi
 run once and its KV cache is copied under each batch, so the rows only hold the per-example suffixes.
 Requests are sorted by row length, longest first, so padding is small and a memory error shows early.
 :func:`loglikelihood_naive` is the reference: one full forward pass per (context, continuation).
+
+``lm`` below is an in-process model (:class:`autoglm_bench.lm.hf.HFLM`): its ``model``, ``tokenizer``,
+``device``, ``dtype`` and ``max_length``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-
-from .models import LoadedModel
 
 
 @dataclass
@@ -127,7 +128,7 @@ def encode_requests(tokenizer: Any, max_length: int, requests: list[tuple[str, l
 
 
 def loglikelihood(
-    lm: LoadedModel,
+    lm: Any,
     requests: list[tuple[str, list[str]]],
     batch_size: int = 16,
     progress: bool = True,
@@ -175,7 +176,7 @@ class _Prefix:
 MIN_SHARED_PREFIX = 16  # below this, copying the prefix cache costs more than recomputing it
 
 
-def _encode_shared_prefix(lm: LoadedModel, encoded: list[_Encoded], stats: ScoreStats) -> _Prefix:
+def _encode_shared_prefix(lm: Any, encoded: list[_Encoded], stats: ScoreStats) -> _Prefix:
     contexts = [e.context for e in encoded]
     if len(contexts) < 2:
         return _Prefix()
@@ -192,7 +193,7 @@ def _encode_shared_prefix(lm: LoadedModel, encoded: list[_Encoded], stats: Score
     return _Prefix(length=length, cache=_cache_of(out))
 
 
-def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats: ScoreStats) -> list[list[float]]:
+def _score_batch(lm: Any, batch: list[_Encoded], prefix: _Prefix, stats: ScoreStats) -> list[list[float]]:
     """One forward pass for the batch. Row r holds its context (after the shared prefix) and then, side by
     side, each choice without its last token; each choice sees the context and its own earlier tokens only
     (a block mask, needed only when a row has two or more such choices; otherwise plain causal attention
@@ -260,7 +261,7 @@ def _score_batch(lm: LoadedModel, batch: list[_Encoded], prefix: _Prefix, stats:
 PLAIN_HEAD_MODELS = {"glm4", "glm", "llama", "mistral", "qwen2", "qwen3"}
 
 
-def _logits_at(lm: LoadedModel, input_ids: Any, position_ids: Any, mask: Any, cache: Any, rows: Any, cols: Any):
+def _logits_at(lm: Any, input_ids: Any, position_ids: Any, mask: Any, cache: Any, rows: Any, cols: Any):
     """The model's next-token logits at (``rows``, ``cols``) of the batch, computed only there."""
     import torch
 
@@ -280,7 +281,7 @@ def _logits_at(lm: LoadedModel, input_ids: Any, position_ids: Any, mask: Any, ca
 
 
 def loglikelihood_naive(
-    lm: LoadedModel, requests: list[tuple[str, list[str]]], progress: bool = True
+    lm: Any, requests: list[tuple[str, list[str]]], progress: bool = True
 ) -> tuple[list[list[float]], ScoreStats]:
     """The reference scorer: one unbatched forward pass over context + continuation per choice, with
     logits at every position, exactly as the textbook definition reads."""
@@ -319,7 +320,7 @@ class Generated:
 
 
 def generate_until(
-    lm: LoadedModel,
+    lm: Any,
     contexts: list[str],
     until: list[str],
     max_new_tokens: int,
@@ -327,37 +328,44 @@ def generate_until(
     progress: bool = True,
 ) -> tuple[list[str], ScoreStats]:
     """Greedy continuation of each context, cut at the first stop string (which is not included)."""
-    generated, stats = generate(lm, contexts, until, max_new_tokens, batch_size, progress)
+    encoded = encode_contexts(lm.tokenizer, contexts)
+    generated, stats = generate(lm, encoded, until, max_new_tokens, batch_size, progress)
     return [g.text for g in generated], stats
 
 
+def encode_contexts(tokenizer: Any, contexts: list[str]) -> list[list[int]]:
+    """Token ids of generation contexts as lm-eval's ``HFLM.tok_batch_encode`` forms them (an empty one is
+    :func:`prefix_token_id`)."""
+    lead = tokenizer.bos_token or ""
+    return [ids or [prefix_token_id(tokenizer)] for ids in tok_encode(tokenizer, contexts, lead=lead)]
+
+
 def generate(
-    lm: LoadedModel,
-    contexts: list[str],
+    lm: Any,
+    encoded: list[list[int]],
     until: list[str],
     max_new_tokens: int,
     batch_size: int = 16,
     progress: bool = True,
     abort: Callable[[], bool] | None = None,
 ) -> tuple[list[Generated], ScoreStats]:
-    """Greedy continuation of each context as :class:`Generated` records (what :func:`generate_until` returns
-    the texts of). Contexts are encoded as lm-evaluation-harness encodes them for generation and keep their
-    last ``max_length - max_new_tokens`` tokens. Generation ends at the end-of-text token, at a stop string
-    (:class:`StopOnText`), after ``max_new_tokens``, or for every row as soon as ``abort()`` (asked after each
-    token) is true."""
+    """Greedy continuation of each context, given as token ids (:func:`encode_contexts` encodes text as
+    lm-evaluation-harness does for generation), as :class:`Generated` records (what :func:`generate_until`
+    returns the texts of). Contexts keep their last ``max_length - max_new_tokens`` tokens. Generation ends at
+    the end-of-text token, at a stop string (:class:`StopOnText`), after ``max_new_tokens``, or for every row
+    as soon as ``abort()`` (asked after each token) is true."""
     import torch
     from transformers import StoppingCriteriaList
 
     start = time.perf_counter()
     tok = lm.tokenizer
-    encoded = [ids or [prefix_token_id(tok)] for ids in tok_encode(tok, contexts, lead=tok.bos_token or "")]
     max_ctx = max(1, lm.max_length - max_new_tokens)
     encoded = [e[-max_ctx:] for e in encoded]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    outputs: list[Generated] = [Generated([], [], "", "length") for _ in contexts]
+    outputs: list[Generated] = [Generated([], [], "", "length") for _ in encoded]
     ends = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
-    stats = ScoreStats(examples=len(contexts))
-    bar = _progress(len(contexts), progress)
+    stats = ScoreStats(examples=len(encoded))
+    bar = _progress(len(encoded), progress)
     if max_new_tokens <= 0:
         return [Generated(e, [], "", "length") for e in encoded], stats
     with torch.inference_mode():
@@ -378,7 +386,7 @@ def generate(
                 end = next((j for j, t in enumerate(row) if t in ends), len(row))
                 tokens = row[:end]
                 text = tok.decode(tokens, skip_special_tokens=True)
-                cut = _cut(text, until)
+                cut = cut_at_stop(text, until)
                 finish = "stop" if end < len(row) or cut != text or len(tokens) < max_new_tokens else "length"
                 outputs[i] = Generated(encoded[i], tokens, cut, finish)
                 stats.tokens += len(encoded[i]) + len(row)
@@ -418,7 +426,8 @@ class StopOnText:
         return done
 
 
-def _cut(text: str, until: list[str]) -> str:
+def cut_at_stop(text: str, until: list[str]) -> str:
+    """``text`` up to its first stop string."""
     for stop in until:
         if stop and stop in text:
             text = text[: text.index(stop)]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
-from .paths import write_once
+from .paths import cache_dir, write_once
 from .tasks import TaskHook
 
 IMAGE_TASKS_FORMAT = 1  # bump when a generator below changes, so cached folders are rewritten
@@ -77,7 +77,6 @@ class ImageFolderTask(TaskHook):
         raise NotImplementedError
 
     def folder(self) -> Path:
-        from .models import cache_dir
 
         recipe = {"task": self.name, "format": IMAGE_TASKS_FORMAT, **self.recipe()}
         key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]

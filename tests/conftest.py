@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +48,9 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_lm(model_cache):
     from autoglm_bench.config import ModelConfig
-    from autoglm_bench.models import load_model
+    from autoglm_bench.lm import load
 
-    return load_model(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+    return load(ModelConfig(name="tiny_glm", kind="tiny_glm"))
 
 
 def cli_env(extra: dict | None = None) -> dict:
@@ -80,3 +83,67 @@ def start_cli(*args: str, module: str = "autoglm_bench", env: dict | None = None
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+def cache_rows(path: Path) -> int:
+    """The requests stored in a request-cache file (0 before it or its table exists)."""
+    if not path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=10) as conn:
+            return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+
+
+def kill_once_cached(cache: Path, *args: str, env: dict | None = None) -> None:
+    """Start ``python -m autoglm_bench ARGS`` in the background and SIGKILL it (its whole session) as soon as
+    its request cache ``cache`` holds a row (or it ends, or 300 s pass)."""
+    proc = start_cli(*args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and cache_rows(cache) == 0:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def served_tiny_glm(model_cache, tmp_path_factory):
+    """``python -m autoglm_bench.serve`` serving tiny_glm on a free loopback port, as a user starts it: its
+    OpenAI-compatible API root (``.../v1``). Its log goes to a file (a pipe nobody reads could fill)."""
+    log = tmp_path_factory.mktemp("served") / "serve.log"
+    with log.open("w") as err:
+        proc = start_cli(
+            "model=tiny_glm",
+            "task=toy_sentiment",
+            "threads=1",
+            "serve.port=0",
+            "serve.max_wait_ms=2",
+            module="autoglm_bench.serve",
+            env={"OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        line = proc.stdout.readline()
+        assert " on http://127.0.0.1:" in line, log.read_text()[-3000:]
+        yield line.split(" on ")[1].strip() + "/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def openai_model(api_root: str, *overrides: str) -> list[str]:
+    """The overrides of ``model=openai`` reaching ``api_root``'s tiny_glm (its tokenizer from the local folder)."""
+    from autoglm_bench.config import ModelConfig
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
+
+    folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+    return [
+        "model=openai",
+        f"model.base_url={api_root}",
+        "model.served_model=tiny_glm",
+        f"model.tokenizer={folder}",
+        *overrides,
+    ]

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,23 +14,14 @@ import pytest
 
 from autoglm_bench.config import ConfigError, ModelConfig, compose
 from autoglm_bench.evaluate import run_evaluate
-from autoglm_bench.models import load_model, model_fingerprint
+from autoglm_bench.lm import load
+from autoglm_bench.lm.fingerprint import model_fingerprint
 
-from .conftest import read_results, run_cli, start_cli
+from .conftest import cache_rows, kill_once_cached, read_results, run_cli
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # and bit-identical results between runs
 # 64 test rows, scored 2 per batch: the cache is written in chunks of 8 requests.
 EVAL = ["+experiment=quickstart", "limit=64", "dev_size=8", "method.batch_size=2", "logger=none"]
-
-
-def cache_rows(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=10) as conn:
-            return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-    except sqlite3.OperationalError:  # the table is not created yet
-        return 0
 
 
 def test_killed_evaluation_resumes_with_identical_results_and_a_rerun_scores_nothing(tmp_path):
@@ -44,19 +33,7 @@ def test_killed_evaluation_resumes_with_identical_results_and_a_rerun_scores_not
     assert not (tmp_path / "cache.sqlite").exists()
 
     cached = [*EVAL, f"method.cache_path={tmp_path / 'cache.sqlite'}"]
-    proc = start_cli(
-        *cached,
-        f"hydra.run.dir={tmp_path / 'killed'}",
-        env=ONE_THREAD,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and cache_rows(tmp_path / "cache.sqlite") == 0:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_cached(tmp_path / "cache.sqlite", *cached, f"hydra.run.dir={tmp_path / 'killed'}", env=ONE_THREAD)
     stored = cache_rows(tmp_path / "cache.sqlite")
     assert 0 < stored < distinct, f"kill the run while its cache holds some but not all rows: {stored}/{distinct}"
     assert not (tmp_path / "killed" / "results.json").exists()
@@ -114,7 +91,7 @@ def test_fingerprint_follows_every_shard_and_tokenizer_file_and_not_the_location
         return model_fingerprint(str(path), None, "torch.float32", 512)
 
     base = fingerprint(folder)
-    lm = load_model(ModelConfig(name="sharded", path=str(folder), max_length=512))
+    lm = load(ModelConfig(name="sharded", path=str(folder), max_length=512))
     assert lm.fingerprint == base  # what evaluate and prompt search key their caches by
     memo = sqlite3.connect(model_cache / "file_digests.sqlite")
     assert memo.execute("SELECT COUNT(*) FROM digests WHERE path LIKE ?", (f"{folder}%",)).fetchone()[0] >= 5

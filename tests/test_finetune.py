@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from autoglm_bench.config import compose
-from autoglm_bench.models import build_tiny_glm
+from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
 from .conftest import read_results, run_cli
 

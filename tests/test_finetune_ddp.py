@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from autoglm_bench.config import ModelConfig
-from autoglm_bench.models import build_tiny_glm
+from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
 from .conftest import read_results, run_cli
 

@@ -49,7 +49,7 @@ def test_full_fine_tuning_counts_6n_per_real_token_plus_attention(glm):
 
 def test_lora_counts_4n_for_frozen_weights_and_the_head_where_it_projects(glm):
     from autoglm_bench.config import PeftConfig
-    from autoglm_bench.models import apply_peft
+    from autoglm_bench.lm.adapters import apply_peft
 
     model = apply_peft(glm, PeftConfig(method="lora", r=2, target_modules=["q_proj", "v_proj"]), "CAUSAL_LM")
     # LoRA, trained: q: A 16x2 + B 2x16, v: A 16x2 + B 2x8, per layer

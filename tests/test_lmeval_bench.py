@@ -13,7 +13,7 @@ from .conftest import run_cli
 def test_lmeval_benchmark_runs_both_sides_on_the_same_rows(tmp_path, data_dir):
     pytest.importorskip("lm_eval")
     from autoglm_bench.config import ModelConfig
-    from autoglm_bench.models import build_tiny_glm
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
     folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
     proc = run_cli(
@@ -35,7 +35,7 @@ def test_lmeval_benchmark_runs_both_sides_on_the_same_rows(tmp_path, data_dir):
 def test_lmeval_benchmark_refuses_a_task_without_an_lm_eval_counterpart(tmp_path, data_dir):
     pytest.importorskip("lm_eval")
     from autoglm_bench.config import ModelConfig
-    from autoglm_bench.models import build_tiny_glm
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
     folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
     args = ("lmeval", "--model-dir", str(folder), "--data-dir", str(data_dir))

@@ -18,8 +18,10 @@ import pytest
 
 from autoglm_bench.config import ModelConfig, compose
 from autoglm_bench.evaluate import run_evaluate
-from autoglm_bench.models import build_tiny_glm
+from autoglm_bench.lm.tiny_glm import build_tiny_glm
 from autoglm_bench.tasks import normalise_answer
+
+from .conftest import openai_model
 
 LMEVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 MAX_LENGTH = 2048
@@ -235,3 +237,25 @@ def test_a_changed_delimiter_breaks_parity(parity_data, task_manager, hflm):
     samples = lmeval_samples(hflm, task_manager, "sst2", shots=0)
     with pytest.raises(AssertionError):
         assert_same_choices(ours("sst2", parity_data, "task.target_delimiter='  '"), samples)
+
+
+def test_lm_evals_local_completions_on_our_server_predicts_as_model_openai(served_tiny_glm, parity_data, task_manager):
+    """lm-eval's own OpenAI-compatible client (``local-completions``: token-id prompts, echo, logprobs) against
+    this project's server, next to ours through model=openai against the same server."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
+    client = LocalCompletionsAPI(
+        base_url=f"{served_tiny_glm}/completions",
+        model="tiny_glm",
+        tokenizer=str(folder),
+        tokenizer_backend="huggingface",
+        max_length=MAX_LENGTH,
+    )
+    remote = tuple(openai_model(served_tiny_glm))
+    samples = lmeval_samples(client, task_manager, "sst2", 0, limit=12)
+    assert_same_choices(ours("sst2", parity_data, "limit=12", model=remote), samples)
+    samples = lmeval_samples(client, task_manager, "gsm8k", shots=2, filter_name="flexible-extract", limit=2)
+    out = ours("gsm8k", parity_data, "limit=2", "prompt.k_shot=2", "prompt.fewshot_mode=per_doc", model=remote)
+    assert [p["output"] for p in out["predictions"]] == [s["resps"][0][0] for s in samples]
+    assert [float(p["prediction"] == p["target"]) for p in out["predictions"]] == [s["exact_match"] for s in samples]

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from autoglm_bench.config import ConfigError, ModelConfig
-from autoglm_bench.models import build_tiny_glm, load_model
+from autoglm_bench.lm import load
+from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
 from .conftest import read_results, run_cli
 
@@ -50,6 +51,6 @@ def test_pickle_weights_refused_unless_allowed(tmp_path, tiny_lm):
     tiny_lm.tokenizer.save_pretrained(folder)
     assert not list(folder.glob("*.safetensors"))
     with pytest.raises(ConfigError, match="could not load model"):
-        load_model(ModelConfig(name="hf", kind="causal", path=str(folder)))
-    loaded = load_model(ModelConfig(name="hf", kind="causal", path=str(folder), allow_pickle=True))
+        load(ModelConfig(name="hf", kind="causal", path=str(folder)))
+    loaded = load(ModelConfig(name="hf", kind="causal", path=str(folder), allow_pickle=True))
     assert loaded.model.config.model_type == "glm4"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_bench.cache import RequestCache
 from autoglm_bench.config import ConfigError, compose
+from autoglm_bench.lm import RequestCache
 from autoglm_bench.search.evaluation import minibatch_ends
 
 from .conftest import read_results, start_cli
@@ -302,7 +302,8 @@ def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
 
 def test_nearest_demos_pick_the_most_similar_rows():
     from autoglm_bench.config import PromptConfig
-    from autoglm_bench.prompts import minilm_embedder, nearest_demos
+    from autoglm_bench.lm.hf import minilm_embedder
+    from autoglm_bench.prompts import nearest_demos
     from autoglm_bench.tasks import load_task
 
     task = load_task(compose(["task=toy_sentiment"]).task, None, limit=5)

@@ -218,6 +218,13 @@ BAD = [
     ("/classify", {"input": "just text"}, 422, "input:"),
     ("/classify", {"input": {"text": "x"}, "colour": "red"}, 422, "unknown field 'colour'"),
     ("/v1/completions", {"prompt": "x", "temperature": 0.7}, 400, "only greedy decoding"),
+    ("/v1/completions", {"prompt": [5, 4096], "max_tokens": 1}, 422, "token ids must be in 0..4095, the vocabulary"),
+    ("/v1/completions", {"prompt": [5, -1]}, 422, "prompt"),
+    ("/v1/completions", {"prompt": [[5, 6]] * 33}, 413, "prompt has 33 prompts; this server takes at most 32"),
+    ("/v1/completions", {"prompt": [7] * 16001}, 413, "a prompt is 16001 tokens; this server takes at most 16000"),
+    ("/v1/completions", {"prompt": [7] * 2048, "max_tokens": 1}, 413, "model 'tiny_glm' takes at most 2048 tokens"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422, "each message needs a role"),
+    ("/v1/chat/completions", {"messages": []}, 422, "messages"),
 ]
 
 
@@ -238,7 +245,7 @@ def test_pool_releases_idle_models_reloads_them_and_releases_before_loading(mode
     """Idle release and reload; under a memory budget the least recently used idle model is released before
     the next one loads (the loader sees the pool empty: the peak is one model, not two), and a model in use
     is waited for, never released under its user."""
-    from autoglm_bench.models import load_model
+    from autoglm_bench import lm as backends
     from autoglm_bench.serve.pool import ModelPool, model_bytes
 
     loads, refs, held_at_load = [], {}, []
@@ -247,7 +254,7 @@ def test_pool_releases_idle_models_reloads_them_and_releases_before_loading(mode
     def loader(seed):
         def load():
             held_at_load.append(pools[-1].memory_bytes)
-            lm = load_model(ModelConfig(name=f"glm{seed}", kind="tiny_glm", seed=seed))
+            lm = backends.load(ModelConfig(name=f"glm{seed}", kind="tiny_glm", seed=seed))
             loads.append(seed)
             refs[seed] = weakref.ref(lm.model)
             return lm, model_bytes(lm.model)

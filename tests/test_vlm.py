@@ -40,8 +40,8 @@ def shapes():
 def glm4v(model_cache):
     from transformers import AutoModelForImageTextToText
 
-    from autoglm_bench.tiny_glm4v import build_tiny_glm4v
-    from autoglm_bench.vlm import load_processor
+    from autoglm_bench.lm.tiny_glm4v import build_tiny_glm4v
+    from autoglm_bench.lm.vlm import load_processor
 
     folder = build_tiny_glm4v(ModelConfig(name="tiny_glm4v", kind="tiny_glm4v"))
     return folder, load_processor(str(folder), "glm4v"), AutoModelForImageTextToText.from_pretrained(folder).eval()
@@ -118,8 +118,8 @@ def test_digits_has_a_fixed_split_of_sklearn_images():
 
 
 def test_tiny_glm4v_is_deterministic_from_its_seed(glm4v, tmp_path):
-    from autoglm_bench.models import file_digest
-    from autoglm_bench.tiny_glm4v import TinyVisionConfig, _write_tiny_glm4v
+    from autoglm_bench.lm.fingerprint import file_digest
+    from autoglm_bench.lm.tiny_glm4v import TinyVisionConfig, _write_tiny_glm4v
 
     folder, _, model = glm4v
     assert model.config.model_type == "glm4v" and model.config.vision_config.depth == 1
@@ -135,8 +135,8 @@ def test_tiny_glm4v_is_deterministic_from_its_seed(glm4v, tmp_path):
 def test_a_text_glm_carries_over_as_its_language_model(model_cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Glm4vForConditionalGeneration
 
-    from autoglm_bench.models import build_tiny_glm
-    from autoglm_bench.tiny_glm4v import build_tiny_glm4v
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
+    from autoglm_bench.lm.tiny_glm4v import build_tiny_glm4v
 
     text = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=3))
     both = build_tiny_glm4v(ModelConfig(name="tiny_glm4v", kind="tiny_glm4v"), language_model=text)
@@ -148,7 +148,7 @@ def test_a_text_glm_carries_over_as_its_language_model(model_cache):
 
 
 def test_choices_are_scored_with_the_image_as_a_full_forward_pass_scores_them(glm4v, shapes):
-    from autoglm_bench.vlm import image_choice_loglikelihoods
+    from autoglm_bench.lm.vlm import image_choice_loglikelihoods
 
     _, processor, model = glm4v
     task, root = shapes
@@ -190,7 +190,7 @@ def test_projector_training_leaves_encoder_and_language_model_bit_identical(glm4
     import copy
 
     from autoglm_bench.bench.shapes_projector import train_projector
-    from autoglm_bench.vlm import PROJECTORS
+    from autoglm_bench.lm.vlm import PROJECTORS
 
     _, processor, model = glm4v
     model = copy.deepcopy(model)
@@ -214,7 +214,7 @@ def test_lm_eval_hf_multimodal_generates_what_we_generate(glm4v, shapes, tmp_pat
     from lm_eval.models.hf_vlms import HFMultimodalLM
     from lm_eval.tasks import TaskManager
 
-    from autoglm_bench.vlm import register_processors
+    from autoglm_bench.lm.vlm import register_processors
 
     folder, processor, model = glm4v
     task, root = shapes

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "serve": "autoglm_bench.bench.serve",
     "serve-adversarial": "autoglm_bench.bench.serve_adversarial",
     "lmeval": "autoglm_bench.bench.lmeval",
+    "remote": "autoglm_bench.bench.remote",
     "shapes-projector": "autoglm_bench.bench.shapes_projector",
 }
 

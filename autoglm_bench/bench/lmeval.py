@@ -114,7 +114,7 @@ def build_glm4(folder: Path, vocab_size: int, seed: int = 0) -> str:
     import transformers
     from transformers import Glm4Config, Glm4ForCausalLM
 
-    from autoglm_bench.models import train_tokenizer
+    from autoglm_bench.lm.tiny_glm import train_tokenizer
 
     transformers.logging.disable_progress_bar()
 
@@ -263,14 +263,22 @@ def _lmeval_side(spec: dict[str, Any]) -> None:
     from autoglm_bench.threads import use_threads
 
     use_threads(spec["threads"])
-    import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # ours: model.device=auto
     lm = HFLM(pretrained=spec["model_dir"], device=device, dtype="float32", batch_size=spec["batch_size"])
     start = time.perf_counter()
+    lls = lmeval_loglikelihoods(lm, spec)
+    Path(spec["out"]).write_text(json.dumps({"lls": lls, "score_s": time.perf_counter() - start}))
+
+
+def lmeval_loglikelihoods(lm: Any, spec: dict[str, Any]) -> list[list[float]]:
+    """lm-eval's ``simple_evaluate`` of ``spec["task"]`` (from ``spec["task_dir"]`` only) with its model ``lm``:
+    each example's per-choice log-likelihoods, in document order."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=[spec["task"]],
@@ -280,10 +288,8 @@ def _lmeval_side(spec: dict[str, Any]) -> None:
         bootstrap_iters=0,
         task_manager=TaskManager(include_path=spec["task_dir"], include_defaults=False),
     )
-    score_s = time.perf_counter() - start
     samples = sorted(out["samples"][spec["task"]], key=lambda s: s["doc_id"])
-    lls = [[float(resp[0]) for resp in s["filtered_resps"]] for s in samples]
-    Path(spec["out"]).write_text(json.dumps({"lls": lls, "score_s": score_s}))
+    return [[float(resp[0]) for resp in s["filtered_resps"]] for s in samples]
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from autoglm_bench.config import compose, resolve_data_dir
-    from autoglm_bench.models import load_model
+    from autoglm_bench.lm import load
     from autoglm_bench.prompts import prompt_text, render_examples
     from autoglm_bench.scoring import loglikelihood, loglikelihood_naive
     from autoglm_bench.tasks import load_task
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     run_cfg = compose(overrides)
     task = load_task(run_cfg.task, resolve_data_dir(run_cfg.data_dir), args.limit)
     examples = render_examples(task, run_cfg.prompt, run_cfg.seed)
-    lm = load_model(run_cfg.model)
+    lm = load(run_cfg.model)
     delim = task.cfg.target_delimiter
     requests = [(prompt_text(task.cfg, ex.messages), [delim + c for c in ex.choices]) for ex in examples]
 

@@ -63,8 +63,8 @@ def run_study(
 
     import optuna
 
-    from autoglm_bench.cache import RequestCache
     from autoglm_bench.evaluate import choice_predictions
+    from autoglm_bench.lm import CachedLM, RequestCache
     from autoglm_bench.search.evaluation import Evaluator, demo_pool
     from autoglm_bench.search.space import candidate_from_params
     from autoglm_bench.search.study import Objective, best_trial
@@ -74,8 +74,7 @@ def run_study(
     run = dataclasses.replace(run, search=search)
     evaluator = Evaluator(
         task=task,
-        lm=lm,
-        cache=RequestCache(":memory:"),
+        lm=CachedLM(lm, RequestCache(":memory:")),
         base_prompt=run.prompt,
         verbalizers=space.verbalizers,
         pool=demo_pool(splits.train, search.demo_pool, run.seed),
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from autoglm_bench.config import compose
-    from autoglm_bench.models import load_model
+    from autoglm_bench.lm import load
     from autoglm_bench.results import git_commit
     from autoglm_bench.search.space import PromptSpace
     from autoglm_bench.splits import split_task
@@ -151,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
     task = load_task(cfg.task, None)
     splits = split_task(task, cfg.split_seed, cfg.dev_size)
     space = PromptSpace.from_config(cfg.search.space, task.cfg)
-    lm = load_model(cfg.model)
+    lm = load(cfg.model)
     print(
         f"prompt search benchmark: model trained {args.train_steps} steps in {train_s:.0f}s; space {space.size} "
         f"prompts; dev {len(splits.dev)}, test {len(splits.test)} examples; {args.trials} trials x {args.seeds} "

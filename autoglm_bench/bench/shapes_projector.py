@@ -10,12 +10,12 @@ stayed at chance (the model's answers hardly depend on its input), so, as LLaVA 
    tiny_glm4v gives a 64 x 64 picture), its colour, shape and position-or-count words each in 1-3 random
    slots (a picture shows a shape over several of its tokens) and ``.`` in the others, then the
    question and the answer; the loss is on the answer. Cached under ``$AUTOGLM_CACHE_DIR/tiny_glm_shapes_text``.
-2. **Projector.** tiny_glm4v takes that language model (:func:`~autoglm_bench.tiny_glm4v.build_tiny_glm4v`
+2. **Projector.** tiny_glm4v takes that language model (:func:`~autoglm_bench.lm.tiny_glm4v.build_tiny_glm4v`
    with ``language_model``); its vision tower is random (``model.seed``) and frozen, its language model
    frozen; only the projector (``downsample`` and ``merger``) trains, on the toy_shapes train rows (the
    image in place of the words), loss on the answer tokens. The frozen encoder's features are computed
    once per image. Dev accuracy is the multiple-choice accuracy on the task's validation rows, scored as
-   :func:`~autoglm_bench.vlm.image_choice_loglikelihoods` scores. Afterwards every parameter outside
+   :func:`~autoglm_bench.lm.vlm.image_choice_loglikelihoods` scores. Afterwards every parameter outside
    the projector is checked bit-identical to before.
 
 What a frozen random vision tower offers limits what its projector can learn: a linear probe on its
@@ -52,7 +52,8 @@ def train_shapes_text_glm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..config import ModelConfig
-    from ..models import build_tiny_glm, cache_dir
+    from ..lm.tiny_glm import build_tiny_glm
+    from ..paths import cache_dir
     from ..synthetic_images import COUNTS, QUADRANTS, QUESTIONS, SIZE, shape_scene
     from .task_glm import _save
 
@@ -125,7 +126,7 @@ def train_projector(
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from ..vlm import train_projector_only
+    from ..lm.vlm import train_projector_only
 
     visual = model.model.visual
     frozen: dict[str, Any] = {}
@@ -165,7 +166,7 @@ def train_projector(
 
 
 def dev_accuracy(model: Any, processor: Any, rows: list[dict[str, Any]], images: list[Any]) -> float:
-    from ..vlm import image_choice_loglikelihoods
+    from ..lm.vlm import image_choice_loglikelihoods
 
     correct = 0
     for row, image in zip(rows, images):
@@ -197,9 +198,9 @@ def run(args: argparse.Namespace) -> None:
 
     from ..config import ModelConfig, compose
     from ..images import load_image
+    from ..lm.tiny_glm4v import build_tiny_glm4v
+    from ..lm.vlm import load_processor
     from ..tasks import load_task
-    from ..tiny_glm4v import build_tiny_glm4v
-    from ..vlm import load_processor
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 ``python -m autoglm_bench.bench task-glm --tasks sst2,rte,cb --task-weights 4,1,1 --data-dir ../shared/data``
 
 A random-init tiny_glm predicts one class whatever the prompt, so zero-shot, few-shot and prompt search
-would all tie at chance. This trains the tiny_glm architecture (:func:`autoglm_bench.models.build_tiny_glm`:
+would all tie at chance. This trains the tiny_glm architecture (:func:`autoglm_bench.lm.tiny_glm.build_tiny_glm`:
 a ``Glm4ForCausalLM`` from a config, with the locally trained byte-level BPE tokenizer) on the TRAIN PART
 of each task, as the split protocol defines it (:mod:`autoglm_bench.splits`: the train split less the
 ``dev_size`` dev rows drawn with ``split_seed``), so the dev rows every selection reads and the test rows
@@ -229,11 +229,9 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     >>> path = train_prompt_sensitive_glm()  # doctest: +SKIP
     >>> run = compose(["model=hf", f"model.path={path}"])  # doctest: +SKIP
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from autoglm_bench.config import ModelConfig, compose
-    from autoglm_bench.models import build_tiny_glm, cache_dir
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
+    from autoglm_bench.paths import cache_dir
     from autoglm_bench.splits import split_task
     from autoglm_bench.tasks import load_task
 
@@ -246,11 +244,18 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     task = load_task(run_cfg.task, None)
     # only the train part: the dev rows the search selects on stay unseen, as the test rows do
     cfg, rows = task.cfg, split_task(task, run_cfg.split_seed, run_cfg.dev_size).train
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model, tokenizer = _load_float32(source)
     _train_loop(model, tokenizer, [(cfg, rows)], steps, seed, lr, batch_size, max_demos=2)
     _save(model, tokenizer, target)
     return target
+
+
+def _load_float32(folder: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of the tiny GLM in ``folder``, float32 weights for training."""
+    from autoglm_bench.config import ModelConfig, PeftConfig
+    from autoglm_bench.lm.adapters import load_for_training
+
+    return load_for_training(ModelConfig(name="tiny_glm", kind="causal", path=str(folder)), PeftConfig())
 
 
 # ---------------------------------------------------------------- the multi-task trainer
@@ -288,10 +293,10 @@ def train_task_glm(
     import huggingface_hub
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from autoglm_bench.config import ConfigError, ModelConfig, TinyGlmConfig, compose, resolve_data_dir
-    from autoglm_bench.models import build_tiny_glm, cache_dir
+    from autoglm_bench.lm.tiny_glm import build_tiny_glm
+    from autoglm_bench.paths import cache_dir
     from autoglm_bench.splits import split_task
     from autoglm_bench.tasks import load_task
 
@@ -361,8 +366,7 @@ def train_task_glm(
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model, tokenizer = _load_float32(source)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()

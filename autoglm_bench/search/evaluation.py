@@ -9,9 +9,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..cache import RequestCache, cached_loglikelihood
 from ..config import PromptConfig
-from ..models import LoadedModel
+from ..lm import LM
 from ..prompts import Embedder, Example, choice_requests, prompt_text, render_examples
 from ..tasks import Task, choice_prediction
 from .space import Candidate
@@ -24,14 +23,13 @@ def demo_pool(train: list[dict[str, Any]], size: int, seed: int) -> list[dict[st
 
 @dataclass
 class Evaluator:
-    """Renders candidates for a task and scores them with ``lm`` through ``cache``, counting the cost.
+    """Renders candidates for a task and scores them with ``lm`` (behind the request cache), counting the cost.
 
     ``scored`` counts examples actually run through the model, ``hits`` those answered by the cache.
     """
 
     task: Task
-    lm: LoadedModel
-    cache: RequestCache
+    lm: LM
     base_prompt: PromptConfig
     verbalizers: dict[str, list[str]]
     pool: list[dict[str, Any]]
@@ -68,7 +66,7 @@ class Evaluator:
     def score(self, examples: list[Example]) -> list[list[float]]:
         """Choice log-likelihoods of each example, from the cache where possible."""
         requests = choice_requests(self.task.cfg, self.contexts(examples), examples, self.base_prompt.chat_template)
-        lls, stats = cached_loglikelihood(self.lm, requests, self.cache, self.batch_size, progress=False)
+        lls, stats = self.lm.loglikelihood(requests, batch_size=self.batch_size, progress=False)
         self.scored += stats.examples
         self.hits += len(examples) - stats.examples
         self.tokens += stats.tokens

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import LoadedModel
-from ..scoring import generate_until
+from ..lm import LM
 
 META_PROMPT_HEAD = (
     'Your task is to write an instruction for the task "{task}". Below are earlier instructions with their '
@@ -49,7 +48,7 @@ def meta_prompt(task_name: str, history: list[tuple[str, float]]) -> str:
     return META_PROMPT_HEAD.format(task=task_name) + body + META_PROMPT_TAIL
 
 
-def propose_instruction(lm: LoadedModel, prompt: str, max_new_tokens: int) -> str:
+def propose_instruction(lm: LM, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation of the meta-prompt up to the end of the line: the new instruction."""
-    (text,), _ = generate_until(lm, [prompt], until=["\n"], max_new_tokens=max_new_tokens, batch_size=1, progress=False)
+    (text,), _ = lm.generate_until([prompt], until=["\n"], max_new_tokens=max_new_tokens, batch_size=1, progress=False)
     return " ".join(text.split())

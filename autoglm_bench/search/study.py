@@ -28,10 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..cache import RequestCache, open_cache
 from ..config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
 from ..evaluate import choice_predictions
-from ..models import LoadedModel, load_model
+from ..lm import LM, load, open_cache
 from ..splits import Splits, split_task
 from ..studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
 from ..tasks import load_task
@@ -86,9 +85,7 @@ def open_search_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: 
 class Objective:
     """One trial: pick a candidate, score dev minibatches through the cache, report, maybe prune."""
 
-    def __init__(
-        self, run: RunConfig, space: PromptSpace, evaluator: Evaluator, splits: Splits, proposer: LoadedModel | None
-    ):
+    def __init__(self, run: RunConfig, space: PromptSpace, evaluator: Evaluator, splits: Splits, proposer: LM | None):
         self.run, self.space, self.evaluator, self.splits, self.proposer = run, space, evaluator, splits, proposer
         self.ends = minibatch_ends(len(splits.dev), run.search.minibatch)
         self.metric = run.search.objectives[0]
@@ -177,7 +174,7 @@ def best_trial(study: Any) -> Any:
     return max(front, key=lambda t: (t.values[0], -t.values[-1] if len(t.values) > 1 else 0.0))
 
 
-def load_proposer(run: RunConfig, lm: LoadedModel) -> LoadedModel:
+def load_proposer(run: RunConfig, lm: LM) -> LM:
     if run.search.proposal.model is None:
         return lm
     from omegaconf import OmegaConf
@@ -185,7 +182,7 @@ def load_proposer(run: RunConfig, lm: LoadedModel) -> LoadedModel:
     cfg = OmegaConf.merge(
         OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{run.search.proposal.model}.yaml")
     )
-    return load_model(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    return load(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
 
 def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -196,7 +193,8 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     """
     import optuna
 
-    from ..prompts import chat_tokenizer, minilm_embedder
+    from ..lm.hf import minilm_embedder
+    from ..prompts import chat_tokenizer
     from .outputs import TrialLogger, plot_about, write_outputs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -206,16 +204,13 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     splits = split_task(task, run.split_seed, run.dev_size, run.limit)
     space = PromptSpace.from_config(s.space, task.cfg)
     study = open_search_study(run, space, run_dir, len(splits.dev))
-    lm = load_model(run.model)
+    cache = open_cache(run.method)  # method.cache=false: kept in memory, so a run still scores no request twice
+    lm = load(run.model, cache=cache)
     chat_tokenizer(run.prompt, lm.tokenizer)  # fails early for a model without a chat template
     needs_embeddings = "nearest" in space.demo_selection and max(space.k_shot) > 0
-    cache = open_cache(run.method)
-    if cache is None:  # method.cache=false: kept in memory, so a run still scores no request twice
-        cache = RequestCache(":memory:")
     evaluator = Evaluator(
         task=task,
         lm=lm,
-        cache=cache,
         base_prompt=run.prompt,
         verbalizers=space.verbalizers,
         pool=demo_pool(splits.train, s.demo_pool, run.seed),
@@ -272,8 +267,9 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
             "examples_requested": evaluator.scored + evaluator.hits,
             "tokens_processed": evaluator.tokens,
             "study_examples_scored": sum(t.user_attrs.get("examples_scored", 0) for t in trials),
+            **lm.usage(),
         },
-        "device": lm.device,
+        **{k: v for k, v in lm.describe().items() if k in ("device", "backend")},
         "prompt_example": final["dev_prompt"],
         "search": {
             "study_name": study.study_name,

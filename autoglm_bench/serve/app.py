@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from ..config import ConfigError, one_line
-from .bodies import CompletionRequest, GenerateRequest, TaskRequest, openapi_schema
+from .bodies import ChatRequest, CompletionRequest, GenerateRequest, TaskRequest, openapi_schema
 from .errors import BadRequest, error_response
 from .middleware import CountRequests, Guard
 from .service import Service
@@ -111,6 +111,11 @@ def create_app(service: Service, stopping: Callable[[], bool] = lambda: False) -
     async def completions(request: Request):
         body = await parse(request, CompletionRequest)
         return JSONResponse(await service.completions(body, authenticated(request)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await parse(request, ChatRequest)
+        return JSONResponse(await service.chat_completions(body, authenticated(request)))
 
     @app.get("/v1/models")
     async def models():

@@ -24,6 +24,9 @@ Priority = Annotated[
 ]
 
 
+TokenId = Annotated[int, Field(ge=0)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,11 +56,29 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    prompt: str | list[str]
+    prompt: str | list[TokenId] | list[list[TokenId]] | list[str]  # text, or token ids as vLLM takes them
     max_tokens: int = 16
     stop: str | list[str] | None = None
     logprobs: int | None = None
     echo: bool = False
+    temperature: float | None = Field(default=None, allow_inf_nan=False)
+    n: int = 1
+    stream: bool = False
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's /v1/chat/completions body (greedy decoding only); fields that do not change a greedy
+    completion are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[dict[str, str]] = Field(min_length=1)  # each {"role": system|user|assistant, "content"}
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
     temperature: float | None = Field(default=None, allow_inf_nan=False)
     n: int = 1
     stream: bool = False
@@ -69,6 +90,7 @@ BODIES: dict[str, type[BaseModel]] = {
     "/task": TaskRequest,
     "/generate": GenerateRequest,
     "/v1/completions": CompletionRequest,
+    "/v1/chat/completions": ChatRequest,
 }
 
 

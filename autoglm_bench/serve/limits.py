@@ -57,13 +57,20 @@ class Limits:
         if value is not None and not 0 <= value <= self.sv.max_logprobs:
             raise BadRequest(422, f"logprobs must be in 0..{self.sv.max_logprobs}, got {value}")
 
-    def prompts(self, prompts: list[str]) -> None:
+    def prompts(self, prompts: list[Any]) -> None:
+        """Text prompts, or token-id prompts (a token counts as a character of ``serve.max_input_chars``)."""
         if not prompts:
             raise BadRequest(422, "prompt is an empty list")
         if len(prompts) > self.sv.max_prompts:
             raise BadRequest(413, f"prompt has {len(prompts)} prompts; this server takes at most {self.sv.max_prompts}")
         for p in prompts:
-            self.text("prompt", p)
+            if isinstance(p, str):
+                self.text("prompt", p)
+            elif not p:
+                raise BadRequest(422, "a token-id prompt is an empty list")
+            elif len(p) > self.sv.max_input_chars:
+                limit = self.sv.max_input_chars
+                raise BadRequest(413, f"a prompt is {len(p)} tokens; this server takes at most {limit}")
 
     def tokens(self, model: str, prompt_tokens: list[int], new_tokens: int, max_length: int) -> None:
         """Raw prompts (their token counts) and the tokens asked for: each must fit the model

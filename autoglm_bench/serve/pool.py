@@ -32,36 +32,22 @@ def model_bytes(model: Any) -> int:
 
 
 def load_served(spec: ModelSpec) -> tuple[Served, int]:
-    """Load a model spec (the pool's loader): weights on the configured device, in eval mode, and their bytes.
-    The only place the service constructs models."""
-    from ..config import PeftConfig
-    from ..models import load_for_training, load_model, resolve_device
+    """Load a model spec (the pool's loader) through :func:`autoglm_bench.lm.load`: weights on the configured
+    device, in eval mode, and their bytes. The only place the service constructs models."""
+    from ..lm import load
+    from ..lm.hf import load_classifier
 
     if spec.checkpoint is None:
-        lm = load_model(spec.cfg)
-        return Served(spec, lm=lm, tokenizer=lm.tokenizer, device=lm.device), model_bytes(lm.model)
-    run, weights = spec.checkpoint, str(spec.weights)
-    lora = run.peft.method == "lora"
-    if spec.head:
-        cfg = spec.cfg if lora else dataclasses.replace(spec.cfg, path=weights)
-        model, tokenizer = load_for_training(cfg, PeftConfig(method="full"), num_labels=len(run.task.choices or []))
-        if lora:
-            model = _merge_adapter(model, weights)
-        device = resolve_device(spec.cfg)
-        model.to(device).eval()
-        return Served(spec, head=model, tokenizer=tokenizer, device=device), model_bytes(model)
-    if lora:
-        lm = load_model(spec.cfg)
-        lm = dataclasses.replace(lm, model=_merge_adapter(lm.model, weights).eval(), fingerprint="finetuned")
+        lm = load(spec.cfg)
+    elif spec.head:
+        n = len(spec.checkpoint.task.choices or [])
+        model, tokenizer = load_classifier(spec.cfg, str(spec.weights), n, lora=spec.checkpoint.peft.method == "lora")
+        return Served(spec, head=model, tokenizer=tokenizer, device=model.device), model_bytes(model)
+    elif spec.checkpoint.peft.method == "lora":
+        lm = load(spec.cfg, adapter=str(spec.weights))
     else:
-        lm = load_model(dataclasses.replace(spec.cfg, kind="causal", path=weights))
+        lm = load(dataclasses.replace(spec.cfg, kind="causal", path=str(spec.weights)))
     return Served(spec, lm=lm, tokenizer=lm.tokenizer, device=lm.device), model_bytes(lm.model)
-
-
-def _merge_adapter(model: Any, adapter: str) -> Any:
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 @dataclass
@@ -82,7 +68,7 @@ class ModelPool:
     idle for ``idle_release_s``. ``on_change(name, loaded_bytes_or_None, reason)`` reports every load and
     release.
 
-    >>> pool = ModelPool({"tiny": lambda: (load_model(cfg), 0)}, idle_release_s=60)  # doctest: +SKIP
+    >>> pool = ModelPool({"tiny": lambda: (lm.load(cfg), 0)}, idle_release_s=60)  # doctest: +SKIP
     >>> with pool.acquire("tiny") as lm: ...  # doctest: +SKIP
     """
 

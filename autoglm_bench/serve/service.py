@@ -21,7 +21,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from ..config import ConfigError, RunConfig
-from .bodies import MAX_PRIORITY, CompletionRequest, GenerateRequest, TaskRequest
+from .bodies import CHAT_ROLES, MAX_PRIORITY, ChatRequest, CompletionRequest, GenerateRequest, TaskRequest
 from .errors import BadRequest
 from .limits import Limits
 from .metrics import Metrics
@@ -224,11 +224,12 @@ class Service:
         predictions, stats, _ = score_examples(served.lm, task, examples, method, chat)
         return predictions, stats.tokens
 
-    def rows_per_pass(self, max_length: int, texts: list[str], extra: list[int]) -> int:
+    def rows_per_pass(self, max_length: int, texts: list[Any], extra: list[int]) -> int:
         """Rows per forward pass, so that rows x the longest row stays within ``serve.max_batch_tokens`` (at
         least one row). A text's tokens are estimated by its UTF-8 bytes (a byte-level tokenizer's most),
-        capped at the model's length."""
-        longest = max(min(max_length, len(t.encode()) + 2) + e for t, e in zip(texts, extra))
+        capped at the model's length; token-id prompts count their ids."""
+        sizes = [len(t) if isinstance(t, list) else min(max_length, len(t.encode()) + 2) for t in texts]
+        longest = max(n + e for n, e in zip(sizes, extra))
         return max(1, min(len(texts), self.run.serve.max_batch_tokens // longest))
 
     def _head(self, served: Served, key: Hashable, examples: list[Any]) -> tuple[list[Any], int]:
@@ -325,7 +326,8 @@ class Service:
             raise BadRequest(400, f"only greedy decoding is served (temperature 0), got temperature={body.temperature}")
         self.limits.new_tokens(body.max_tokens, lowest=0, name="max_tokens")
         self.limits.logprobs(body.logprobs)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        one = isinstance(body.prompt, str) or bool(body.prompt and isinstance(body.prompt[0], int))
+        prompts: list[Any] = [body.prompt] if one else list(body.prompt)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         results, _, spec = await self.complete(
             body.model, prompts, body.max_tokens, stop, body.logprobs, body.echo, 0.0, authenticated
@@ -337,7 +339,7 @@ class Service:
             choices.append(
                 {
                     "index": i,
-                    "text": (prompts[i] if body.echo else "") + result["text"],
+                    "text": result["text"],  # with echo, the prompt's text first
                     "logprobs": result["logprobs"],
                     "finish_reason": result["finish_reason"],
                 }
@@ -355,10 +357,40 @@ class Service:
             },
         }
 
+    async def chat_completions(self, body: ChatRequest, authenticated: bool) -> dict[str, Any]:
+        """/v1/chat/completions: the messages through the model's chat template, then as a text prompt."""
+        if body.stream or body.n != 1:
+            raise BadRequest(400, "stream and n > 1 are not supported; send one request per completion")
+        if body.temperature not in (None, 0, 0.0):
+            raise BadRequest(400, f"only greedy decoding is served (temperature 0), got temperature={body.temperature}")
+        new = body.max_completion_tokens or body.max_tokens or min(64, self.run.serve.max_new_tokens)
+        self.limits.new_tokens(new, name="max_tokens")
+        if any(m.get("role") not in CHAT_ROLES or "content" not in m for m in body.messages):
+            raise BadRequest(422, f"each message needs a role ({', '.join(CHAT_ROLES)}) and a content")
+        spec = self.spec(body.model)
+        if spec.head:
+            raise BadRequest(422, f"model {spec.name!r} is a classification head; it does not generate text")
+        tok = (await self.model(spec, time.monotonic() + self.run.serve.request_timeout_s)).tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise BadRequest(422, f"model {spec.name!r} has no chat template")
+        text = tok.apply_chat_template(body.messages, tokenize=False, add_generation_prompt=True)
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        results, _, spec = await self.complete(body.model, [text], new, stop, None, False, 0.0, authenticated)
+        usage = {k: results[0][k] for k in ("prompt_tokens", "completion_tokens")}
+        message = {"role": "assistant", "content": results[0]["text"]}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": spec.name,
+            "choices": [{"index": 0, "message": message, "finish_reason": results[0]["finish_reason"]}],
+            "usage": {**usage, "total_tokens": sum(usage.values())},
+        }
+
     async def complete(
         self,
         model: str | None,
-        prompts: list[str],
+        prompts: list[Any],
         new_tokens: int,
         stop: list[str],
         logprobs: int | None,
@@ -366,8 +398,8 @@ class Service:
         priority: float,
         authenticated: bool,
     ) -> tuple[list[dict[str, Any]], list[BatchInfo], ModelSpec]:
-        """Raw prompts through the model: every limit checked (their tokens with the model's own tokenizer)
-        before any is queued."""
+        """Raw prompts (text or token ids) through the model: every limit checked (text's tokens counted with
+        the model's own tokenizer, token ids against its vocabulary) before any is queued."""
         from ..scoring import prefix_token_id, tok_encode
 
         deadline = time.monotonic() + self.run.serve.request_timeout_s
@@ -379,7 +411,11 @@ class Service:
         self.limits.stop(stop)
         served = await self.model(spec, deadline)
         tok = served.tokenizer
-        counts = [len(ids or [prefix_token_id(tok)]) for ids in tok_encode(tok, prompts, lead=tok.bos_token or "")]
+        texts = iter(tok_encode(tok, [p for p in prompts if isinstance(p, str)], lead=tok.bos_token or ""))
+        counts = [len(p) if isinstance(p, list) else len(next(texts) or [prefix_token_id(tok)]) for p in prompts]
+        vocab = served.lm.model.get_input_embeddings().num_embeddings
+        if any(max(p) >= vocab for p in prompts if isinstance(p, list)):
+            raise BadRequest(422, f"token ids must be in 0..{vocab - 1}, the vocabulary of model {spec.name!r}")
         self.limits.tokens(spec.name, counts, new_tokens, served.lm.max_length)
         key = ("text", spec.name, new_tokens, tuple(stop), logprobs, echo)
         jobs = [asyncio.ensure_future(self.scheduler.submit(key, p, priority, deadline)) for p in prompts]

@@ -27,7 +27,7 @@ class ModelSpec:
 
 @dataclass
 class Served:
-    """A loaded model: a LoadedModel (language models) or a classification head with its tokenizer."""
+    """A loaded model: an HFLM (language models) or a classification head with its tokenizer."""
 
     spec: ModelSpec
     lm: Any = None

@@ -50,7 +50,8 @@ def load_tasks(run: RunConfig, overrides: list[str], specs: dict[str, ModelSpec]
     nearest = [s for s in states.values() if s.run.prompt.demo_selection == "nearest" and s.run.prompt.k_shot > 0]
     embedder = None
     if nearest:
-        from ..prompts import minilm_embedder, nearest_demos
+        from ..lm.hf import minilm_embedder
+        from ..prompts import nearest_demos
 
         embedder = minilm_embedder()
         for state in nearest:  # embeds the demo pool now, not on the first request

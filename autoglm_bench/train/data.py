@@ -28,8 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import ConfigError, RunConfig
-from ..models import cache_dir
-from ..prompts import chat_tokenizer, demo_answer, prompt_text, render_examples
+from ..lm.hf import minilm_embedder
+from ..paths import cache_dir
+from ..prompts import chat_tokenizer, demo_answer, needs_embedder, prompt_text, render_examples
 from ..scoring import REQUEST_ENCODING, encode_requests
 from ..splits import Splits, split_task
 from ..tasks import Task
@@ -59,7 +60,7 @@ def split_rows(task: Task, run: RunConfig) -> Splits:
 def render_rows(task: Task, run: RunConfig, rows: list[dict[str, Any]], chat_tokenizer: Any = None):
     """Render ``rows`` with the run's prompt: (examples, contexts, gold answer texts)."""
     view = Task(cfg=task.cfg, hook=task.hook, rows={**task.rows, "eval": rows})
-    examples = render_examples(view, run.prompt, run.seed)
+    examples = render_examples(view, run.prompt, run.seed, minilm_embedder() if needs_embedder(run.prompt) else None)
     contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
     answers = [demo_answer(task.cfg, row) for row in rows]
     return examples, contexts, answers

@@ -15,7 +15,9 @@ import torch
 
 from ..config import ConfigError, RunConfig, TrainerConfig, objective_of, resolve_data_dir
 from ..evaluate import choice_predictions, score_examples
-from ..models import LoadedModel, load_for_training, resolve_device
+from ..lm import load
+from ..lm.adapters import load_for_training
+from ..lm.hf import resolve_device
 from ..prompts import chat_tokenizer
 from ..tasks import Task, load_task
 from .callbacks import TrainStats
@@ -157,15 +159,7 @@ def finetune(
         if run.peft.method in ("prefix", "prompt_tuning"):
             # Virtual tokens do not survive the batched scorer's KV-cache reuse; the naive one is exact.
             method = dataclasses.replace(method, scorer="naive")
-        lm = LoadedModel(
-            name=run.model.name,
-            model=model,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=torch.float32,
-            fingerprint="finetuned",
-            max_length=max_length,
-        )
+        lm = load(run.model, trained=(model, tokenizer))
         with torch.inference_mode():
             predictions, score_stats, _ = score_examples(lm, task, examples, method, chat)
         metrics = task.hook.score(predictions)

@@ -1,13 +1,15 @@
 """The request cache: an SQLite table mapping (model fingerprint, exact request) to its result, shared by
 method=evaluate and prompt search, by every trial and every run that points at the same file, so no request
-is ever scored twice for the same model.
+is ever scored twice for the same model. :class:`CachedLM` puts it in front of any LM (in-process, Ray,
+a remote server).
 
 A request is what the scorer is asked, as JSON: ``["loglikelihood", scorer, context, continuations]`` (the
 context exactly as fed to the model, chat template applied) -> the continuations' log-likelihoods, or
-``["generate_until", context, until, max_new_tokens]`` -> the generated text. The model fingerprint
-(:func:`autoglm_bench.models.model_fingerprint`) covers the weight, config and tokenizer files, the dtype and
-the length limit. Results are stored a chunk of a few batches at a time, each chunk committed before the next
-is scored, so a killed run loses at most one chunk and its rerun scores only what is missing.
+``["generate_until", context, until, max_new_tokens]`` -> the generated text (on a chat-only server the
+context is the message list). The model fingerprint (:func:`autoglm_bench.lm.fingerprint.model_fingerprint`
+for weights; a server's host, model and revision for :mod:`.openai`) says whose answers they are. Results are
+stored a chunk at a time (:meth:`LM.chunk_size`: a few batches), each chunk committed before the next is
+scored, so a killed run loses at most one chunk and its rerun scores only what is missing.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, MethodConfig
-from .models import LoadedModel, cache_dir
-from .scoring import ScoreStats, generate_until, loglikelihood, loglikelihood_naive
+from ..config import ConfigError, MethodConfig
+from ..paths import cache_dir
+from ..scoring import ScoreStats
+from .base import LM, Requests
 
 # Bump when what a request means changes (how scoring.py encodes, truncates or scores it), so that results
 # computed under the old meaning are never reused.
 REQUEST_FORMAT = 2
-CHUNK_BATCHES = 4  # requests stored per commit: this many scoring batches
 
 
 class RequestCache:
@@ -79,11 +81,12 @@ class RequestCache:
         self.conn.close()
 
 
-def open_cache(method: MethodConfig) -> RequestCache | None:
-    """The cache ``method.cache_path`` names (default ``$AUTOGLM_CACHE_DIR/eval_cache.sqlite``), or None
-    with ``method.cache=false``; a path SQLite cannot open is a :class:`ConfigError`."""
+def open_cache(method: MethodConfig) -> RequestCache:
+    """The cache ``method.cache_path`` names (default ``$AUTOGLM_CACHE_DIR/eval_cache.sqlite``), or, with
+    ``method.cache=false``, one in memory (the run still scores no request twice, and keeps nothing); a path
+    SQLite cannot open is a :class:`ConfigError`."""
     if not method.cache:
-        return None
+        return RequestCache(":memory:")
     path = Path(method.cache_path).expanduser() if method.cache_path else cache_dir() / "eval_cache.sqlite"
     try:
         return RequestCache(path)
@@ -94,42 +97,48 @@ def open_cache(method: MethodConfig) -> RequestCache | None:
         ) from None
 
 
-def cached_loglikelihood(
-    lm: LoadedModel,
-    requests: list[tuple[str, list[str]]],
-    cache: RequestCache | None,
-    batch_size: int = 16,
-    scorer: str = "batched",
-    progress: bool = True,
-) -> tuple[list[list[float]], ScoreStats]:
-    """:func:`~autoglm_bench.scoring.loglikelihood` (``scorer="naive"``: the reference loop) through the cache."""
+class CachedLM(LM):
+    """``inner`` behind the request cache (``cache=None``: the same chunks, nothing stored): each request is
+    answered from the cache where present; the rest go to ``inner`` and are stored. ``stats.examples`` of
+    what it returns counts only the requests ``inner`` scored."""
 
-    def score(todo: list[list[Any]]) -> tuple[list[Any], ScoreStats]:
-        pairs = [(context, continuations) for _, _, context, continuations in todo]
-        if scorer == "naive":
-            return loglikelihood_naive(lm, pairs, progress=False)
-        return loglikelihood(lm, pairs, batch_size=batch_size, progress=False)
+    def __init__(self, inner: LM, cache: RequestCache | None):
+        self.inner, self.cache = inner, cache
+        self.name, self.fingerprint, self.tokenizer = inner.name, inner.fingerprint, inner.tokenizer
+        self.backend, self.chat_only, self.device = inner.backend, inner.chat_only, inner.device
 
-    keyed = [["loglikelihood", scorer, context, continuations] for context, continuations in requests]
-    return through_cache(cache, lm.fingerprint, keyed, score, CHUNK_BATCHES * batch_size, progress)
+    def loglikelihood(
+        self, requests: Requests, batch_size: int = 16, scorer: str = "batched", progress: bool = True
+    ) -> tuple[list[list[float]], ScoreStats]:
+        def score(todo: list[list[Any]]) -> tuple[list[Any], ScoreStats]:
+            pairs = [(context, continuations) for _, _, context, continuations in todo]
+            return self.inner.loglikelihood(pairs, batch_size=batch_size, scorer=scorer, progress=False)
 
+        keyed = [["loglikelihood", scorer, context, continuations] for context, continuations in requests]
+        return through_cache(self.cache, self.fingerprint, keyed, score, self.inner.chunk_size(batch_size), progress)
 
-def cached_generate_until(
-    lm: LoadedModel,
-    contexts: list[str],
-    until: list[str],
-    max_new_tokens: int,
-    cache: RequestCache | None,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> tuple[list[str], ScoreStats]:
-    """:func:`~autoglm_bench.scoring.generate_until` through the cache."""
+    def generate_until(
+        self, contexts: list[Any], until: list[str], max_new_tokens: int, batch_size: int = 16, progress: bool = True
+    ) -> tuple[list[str], ScoreStats]:
+        def score(todo: list[list[Any]]) -> tuple[list[Any], ScoreStats]:
+            return self.inner.generate_until(
+                [r[1] for r in todo], until, max_new_tokens, batch_size=batch_size, progress=False
+            )
 
-    def score(todo: list[list[Any]]) -> tuple[list[Any], ScoreStats]:
-        return generate_until(lm, [r[1] for r in todo], until, max_new_tokens, batch_size=batch_size, progress=False)
+        keyed = [["generate_until", context, list(until), max_new_tokens] for context in contexts]
+        return through_cache(self.cache, self.fingerprint, keyed, score, self.inner.chunk_size(batch_size), progress)
 
-    keyed = [["generate_until", context, list(until), max_new_tokens] for context in contexts]
-    return through_cache(cache, lm.fingerprint, keyed, score, CHUNK_BATCHES * batch_size, progress)
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def usage(self) -> dict[str, int]:
+        return self.inner.usage()
+
+    def chunk_size(self, batch_size: int) -> int:
+        return self.inner.chunk_size(batch_size)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def through_cache(

@@ -8,7 +8,7 @@ Weights are initialised from ``model.seed``; with ``language_model`` the languag
 from a trained ``tiny_glm`` folder (GLM-4V's text decoder has GLM-4's layers, so its weights carry over
 unchanged, and on text alone the two models compute the same logits). Model, tokenizer, chat template
 and image processor are saved as an ordinary Hugging Face folder under ``$AUTOGLM_CACHE_DIR/tiny_glm4v``
-(:func:`autoglm_bench.vlm.load_processor` loads its processor).
+(:func:`autoglm_bench.lm.vlm.load_processor` loads its processor).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ModelConfig
-from .paths import write_once
+from ..config import ConfigError, ModelConfig
+from ..paths import cache_dir, write_once
 
 TINY_GLM4V_FORMAT = 1  # bump when the recipe below changes, so old cache entries are not reused
 IMAGE_TOKENS = [
@@ -67,7 +67,7 @@ def build_tiny_glm4v(
     >>> Glm4vForConditionalGeneration.from_pretrained(folder).config.model_type  # doctest: +SKIP
     'glm4v'
     """
-    from .models import cache_dir, model_fingerprint
+    from .fingerprint import model_fingerprint
 
     vision = vision or TinyVisionConfig()
     spec = {"format": TINY_GLM4V_FORMAT, "seed": cfg.seed, "text": asdict(cfg.tiny), "vision": asdict(vision)}
@@ -138,7 +138,7 @@ def tiny_processor(cfg: ModelConfig, vision: TinyVisionConfig) -> Any:
     from transformers import AutoTokenizer
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
-    from .models import build_tiny_glm
+    from .tiny_glm import build_tiny_glm
     from .vlm import Glm4vImageTextProcessor
 
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_glm(cfg))  # tiny_glm's, built (and cached) once

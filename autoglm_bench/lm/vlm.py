@@ -18,7 +18,7 @@ from typing import Any
 from transformers import Glm4vProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .config import ConfigError
+from ..config import ConfigError
 
 # The projector of each architecture: the modules between the vision encoder's last block (and its final
 # norm) and the language model. GLM-4V: ``downsample``, a 2x2 stride-2 convolution that merges 2x2
