@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ TEST_NAME = "seed_example_t"
 TEST_TITLE = "seed-and-example t-test"
 
 
-class CellSummary(NamedTuple):
+@dataclass
+class CellSummary:
     """One metric of one cell: ``mean`` over runs, their sample ``std``, ``n`` runs, the example-level
     ``stderr`` of the seed-averaged outcomes, the standard error of the mean from both (``sem``), its
     degrees of freedom ``df`` and the t interval ``ci95``."""

@@ -22,7 +22,7 @@
 #   LANES             cells run at once (default 2 on trainer=cpu: one thread each; 1 otherwise)
 #   OUT               run folder (default multirun/peft_<model>_<trainer>_<commit>); RESULTS: table prefix
 #                     (default results/peft_<model>_<trainer>)
-#   QUICK=1           the whole path in about a minute: the synthetic toy_sentiment task (no data needed),
+#   QUICK=1           the whole path in a minute or two: the synthetic toy_sentiment task (no data needed),
 #                     full and LoRA, a 2-point and a 1-point grid, seeds 0,1, a few dozen rows; into multirun/quick/
 #   ALLOW_DIRTY=1     run in a working tree with uncommitted changes (refused otherwise: a table comes from a
 #                     clean commit) and tell the report to accept it; the header names the dirty commit

@@ -15,7 +15,7 @@
 # commit skips completed runs and resumes unfinished prompt-search studies. See sweeps/README.md.
 #
 # A table comes from a clean commit: the script refuses a working tree with uncommitted changes (ALLOW_DIRTY=1
-# makes a scratch table whose header says so). QUICK=1 runs the whole path in about a minute: the synthetic
+# makes a scratch table whose header says so). QUICK=1 runs the whole path in a minute or two: the synthetic
 # toy_sentiment task (no data needed), 2 seeds, a few rows and steps, 2 search trials, into multirun/quick/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

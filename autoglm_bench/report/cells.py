@@ -30,18 +30,11 @@ BOLD_MODES = ("row", "col", "none")
 
 
 @dataclass
-class Summary:
-    """One metric of one cell (fields of :class:`autoglm_bench.seed_stats.CellSummary`) and its test
-    against the baseline: ``test`` name, raw ``p``, ``p_adjusted`` for the table's tests, or ``untested``
-    saying why there is none."""
+class Summary(seed_stats.CellSummary):
+    """One metric of one cell (:class:`autoglm_bench.seed_stats.CellSummary`: mean, std, n, stderr, sem,
+    df, ci95) and its test against the baseline: ``test`` name, raw ``p``, ``p_adjusted`` for the table's
+    tests, or ``untested`` saying why there is none; ``best`` when bold."""
 
-    mean: float
-    std: float
-    n: int
-    stderr: float
-    sem: float
-    df: float
-    ci95: tuple[float, float]
     test: str | None = None
     p: float | None = None
     p_adjusted: float | None = None
@@ -164,7 +157,7 @@ def make_cell(row: str, col: str, runs: list[Run], metrics: list[str], replicate
         if metric in stats.METRICS and ids:
             outcomes = [run_outcomes(r, metric, ids) for r in distinct]
             cell.outcomes[metric] = outcomes
-            cell.summaries[metric] = Summary(*seed_stats.cell_summary(metric, outcomes))
+            cell.summaries[metric] = Summary(**vars(seed_stats.cell_summary(metric, outcomes)))
         else:
             cell.summaries[metric] = stored_summary(distinct, metric)
     return cell
