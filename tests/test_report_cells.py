@@ -17,6 +17,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from autoglm_bench import stats
+from autoglm_bench.compare import UsageError
 from autoglm_bench.report.__main__ import build_parser, make_report, parse_labels
 from autoglm_bench.report.latex import render_latex
 from autoglm_bench.report.views import render_csv, render_lmeval, render_markdown
@@ -197,8 +198,17 @@ def test_dirty_or_mixed_commits_are_refused_unless_allowed(tmp_path):
     proc = run_cli(str(tmp_path), "--cols", "model.name", module="autoglm_bench.report")
     assert proc.returncode == 2 and "abc123-dirty (1 runs), def456 (1 runs)" in proc.stderr
     report = report_of(str(tmp_path), "--cols", "model.name", "--allow-dirty")
-    assert "_Commits: abc123-dirty (1 runs), def456 (1 runs); mixed or with uncommitted changes" in (
+    assert "_Commits: abc123-dirty (1 runs), def456 (1 runs); not one clean commit (allowed by --allow-dirty)" in (
         render_markdown(report)
+    )
+
+
+def test_runs_outside_a_git_checkout_are_refused_unless_allowed(tmp_path):
+    write_run(tmp_path / "a", np.r_[np.ones(30), np.zeros(10)], commit="")  # env.git_commit: none recorded
+    with pytest.raises(UsageError, match=r"no known commit \(not run from a git checkout\): unknown \(1 runs\)"):
+        report_of(str(tmp_path), "--cols", "model.name")
+    assert "_Commits: unknown (1 runs); not one clean commit" in render_markdown(
+        report_of(str(tmp_path), "--cols", "model.name", "--allow-dirty")
     )
 
 

@@ -16,6 +16,7 @@ from ..results import flatten_config as flatten
 from ..results import task_version
 
 DIRTY = "-dirty"
+UNKNOWN = "unknown"
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Run:
     @property
     def commit(self) -> str:
         """The commit the run was made at (``-dirty`` when the tree had changes), or ``unknown``."""
-        commit = self.result.get("env", {}).get("git_commit") or "unknown"
+        commit = self.result.get("env", {}).get("git_commit") or UNKNOWN
         return commit + (DIRTY if self.result.get("env", {}).get("git_dirty") and DIRTY not in commit else "")
 
     @property
@@ -234,7 +235,8 @@ class Provenance:
 
     @property
     def clean(self) -> bool:
-        return len(self.commits) == 1 and not any(DIRTY in c for c in self.commits)
+        """One known commit, no uncommitted changes."""
+        return len(self.commits) == 1 and not any(DIRTY in c or c == UNKNOWN for c in self.commits)
 
 
 def provenance(runs: list[Run], allow_dirty: bool) -> Provenance:
@@ -244,7 +246,12 @@ def provenance(runs: list[Run], allow_dirty: bool) -> Provenance:
         prov.task_versions.setdefault(str(r.result.get("task")), Counter())[r.task_version] += 1
     if not prov.clean and not allow_dirty:
         listed = ", ".join(f"{short_commit(c)} ({n} runs)" for c, n in prov.commits.most_common())
-        why = "a tree with uncommitted changes" if any(DIRTY in c for c in prov.commits) else "different commits"
+        if any(DIRTY in c for c in prov.commits):
+            why = "a tree with uncommitted changes"
+        elif UNKNOWN in prov.commits:
+            why = "no known commit (not run from a git checkout)"
+        else:
+            why = "different commits"
         raise UsageError(
             f"the runs come from {why}: {listed}; rerun them at one clean commit, or pass --allow-dirty "
             f"(the table's header then lists the commits)"

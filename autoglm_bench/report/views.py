@@ -121,7 +121,7 @@ def provenance_lines(report: Report) -> list[str]:
         lines = [f"Commit: {commit} (all {n} runs; clean tree)."]
     else:
         listed = ", ".join(f"{short_commit(c)} ({n} runs)" for c, n in prov.commits.most_common())
-        lines = [f"Commits: {listed}; mixed or with uncommitted changes (allowed by --allow-dirty)."]
+        lines = [f"Commits: {listed}; not one clean commit (allowed by --allow-dirty)."]
     versions = "; ".join(
         f"{task} " + ", ".join(f"{v}" + (f" ({n} runs)" if len(counts) > 1 else "") for v, n in counts.most_common())
         for task, counts in sorted(prov.task_versions.items())
