@@ -97,7 +97,10 @@ def running_trial(db: Path) -> int | None:
         return None
     try:
         with sqlite3.connect(db, timeout=10) as conn:
-            row = conn.execute("SELECT number FROM trials WHERE state = 'RUNNING'").fetchone()
+            row = conn.execute(  # a trial being run: asked and given its parameters
+                "SELECT number FROM trials t WHERE state = 'RUNNING' "
+                "AND EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
+            ).fetchone()
     except sqlite3.OperationalError:  # tables not created yet
         return None
     return row[0] if row else None
