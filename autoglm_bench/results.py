@@ -12,8 +12,8 @@ Schema 1::
 
 ``task_version`` (:func:`task_version`) is a digest of the task's resolved definition, so two runs of
 "sst2" made from different task files (or a changed verbaliser) can be told apart; ``git_commit`` is the
-checkout's HEAD with ``-dirty`` when tracked files differed from it, and ``git_dirty`` says the same as a
-boolean. A sweeper that re-ran a trial marks the older job's file ``"status": "superseded"`` (see
+checkout's HEAD with ``-dirty`` when tracked files outside results/ differed from it, and ``git_dirty``
+says the same as a boolean. A sweeper that re-ran a trial marks the older job's file ``"status": "superseded"`` (see
 hydra_plugins/autoglm_optuna_sweeper), and the report skips it.
 """
 
@@ -135,15 +135,17 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_commit() -> str | None:
-    """HEAD of the checkout the package runs from, with "-dirty" when tracked files changed."""
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """HEAD of the checkout the package runs from, with "-dirty" when tracked files changed, other than the
+    committed tables in results/ (which no run reads: a table written by one sweeps script does not make
+    the next script's runs dirty). None outside a git checkout."""
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=5,

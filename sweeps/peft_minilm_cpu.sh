@@ -43,7 +43,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export AUTOGLM_DATA_DIR="${AUTOGLM_DATA_DIR:-../shared/data}"
 if [[ "${1:-}" != cell ]]; then  # the top-level invocation: a table comes from a clean commit
     COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-    if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then COMMIT+="-dirty"; fi
+    if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then COMMIT+="-dirty"; fi
     if [[ ( "$COMMIT" == *-dirty || "$COMMIT" == unknown ) && "${ALLOW_DIRTY:-0}" != 1 ]]; then
         echo "error: the working tree is not a clean git checkout ($COMMIT): a table is made from a clean" \
             "commit; commit first, or set ALLOW_DIRTY=1 for a scratch table whose header names the dirty commit" >&2
@@ -250,7 +250,7 @@ EOF
 
 # ---------------------------------------------------------------- provenance header
 commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then commit+="-dirty"; fi
+if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then commit+="-dirty"; fi
 [[ "$commit" == "$COMMIT" ]] || commit="$COMMIT at the start, $commit when this file was written"
 versions="$(python -c 'import importlib.metadata as m, platform
 print(", ".join([f"python {platform.python_version()}"] + [f"{p} {m.version(p)}" for p in ("torch", "transformers", "peft", "lightning", "optuna")]))')"

@@ -25,7 +25,7 @@ trained=0   # 1 when this invocation trained the model
 launched=0  # runs this invocation launched
 git_state() {  # HEAD, with -dirty when tracked files differ from it
   local head; head=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-  if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then head="$head-dirty"; fi
+  if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then head="$head-dirty"; fi
   echo "$head"
 }
 start_commit=$(git_state)
@@ -140,6 +140,7 @@ done
 
 # ---------------------------------------------------------------- the table
 title="Test acc: prompting methods x tasks, $MODEL_TAG"
+rm -f "$OUT"_history_*.png  # the report writes one per study of these runs; older studies' plots would linger
 "$PYTHON" -m autoglm_bench.report "$ROOT" --rows task.name --cols tag --metric acc --baseline 0-shot \
   --out "$OUT" --title "$title" ${REPORT_FLAGS[@]+"${REPORT_FLAGS[@]}"}
 
@@ -179,7 +180,7 @@ def sh(*cmd):
 
 
 head = sh("git", "rev-parse", "HEAD") or "unknown"
-dirty = "-dirty" if sh("git", "status", "--porcelain", "--untracked-files=no") else ""
+dirty = "-dirty" if sh("git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results") else ""
 cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines() if line.startswith("Model name")),
            platform.processor() or "unknown")
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from autoglm_bench.results import env_info, redact, task_version, write_json_atomic, write_results
+from autoglm_bench.results import env_info, git_commit, redact, task_version, write_json_atomic, write_results
 
 from .conftest import REPO
 
@@ -125,3 +125,19 @@ def test_env_records_the_commit_and_whether_the_tree_was_dirty():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     head = head.strip()
     assert env["git_commit"].removesuffix("-dirty") == head
+
+
+def test_changed_tables_in_results_do_not_make_the_tree_dirty(tmp_path):
+    """A sweeps script writes results/<table>.*; the next script's runs are still at a clean commit."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
+        subprocess.run([*git, *cmd], cwd=tmp_path, check=True, capture_output=True)
+    head = git_commit(tmp_path)
+    assert head is not None and len(head) == 40
+    (tmp_path / "results" / "table.md").write_text("new\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "-dirty"

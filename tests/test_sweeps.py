@@ -67,15 +67,27 @@ def test_peft_quick_mode_runs_the_whole_path(tmp_path):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_sweeps_scripts_refuse_a_dirty_tree(tmp_path, name):
-    """A copy of the script in a scratch git repository with a changed tracked file: refused at once."""
+    """A copy of the script in a scratch git repository: a changed tracked file is refused at once; a changed
+    table in results/ (what the other script writes) is not."""
     (tmp_path / "sweeps").mkdir()
+    (tmp_path / "results").mkdir()
     shutil.copy(REPO / "sweeps" / name, tmp_path / "sweeps" / name)
     (tmp_path / "notes.txt").write_text("a\n")
+    (tmp_path / "results" / "table.md").write_text("a\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
         subprocess.run([*git, *cmd], cwd=tmp_path, check=True, capture_output=True)
+
+    def run() -> subprocess.CompletedProcess:  # PYTHON=false: past the check, the script stops at once
+        env = {**os.environ, "PYTHON": "false", "VIRTUAL_ENV": "none"}
+        return subprocess.run(["bash", f"sweeps/{name}"], cwd=tmp_path, env=env, capture_output=True, text=True)
+
     (tmp_path / "notes.txt").write_text("b\n")
-    proc = subprocess.run(["bash", f"sweeps/{name}"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = run()
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: the working tree is not a clean git checkout (")
     assert "-dirty): a table is made from a clean commit" in proc.stderr.replace("\n", " ")
+    (tmp_path / "notes.txt").write_text("a\n")
+    (tmp_path / "results" / "table.md").write_text("b\n")
+    proc = run()
+    assert proc.returncode != 0 and "clean git checkout" not in proc.stderr, proc.stderr
