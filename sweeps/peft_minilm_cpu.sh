@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper table (b): PEFT methods x tasks.
 #
-#   bash sweeps/peft_minilm_cpu.sh                                  # MiniLM on CPU (this machine: ~30-40 min)
+#   bash sweeps/peft_minilm_cpu.sh                                  # MiniLM on CPU (2 shared cores: about an hour)
 #   MODEL=glm4_9b TRAINER=gpu bash sweeps/peft_minilm_cpu.sh        # the same table for GLM-4-9B on one GPU
 #
 # For every (task, PEFT method): a grid learning-rate sweep through our Optuna Hydra sweeper (objective: the
@@ -94,7 +94,7 @@ export PEFTS GRID_full GRID_lora GRID_prefix GRID_prompt_tuning KIND
 
 # Per-task rows and epochs. dev_size: rows of the train split held out for the lr choice (the split
 # protocol's default 200; CB's train split has only 250 rows, so 50). method.train_size caps the training
-# rows so that the whole table fits in well under an hour on 2 shared CPU cores. Test rows: the whole
+# rows so that the whole table fits in about an hour on 2 shared CPU cores. Test rows: the whole
 # validation split (SST-2 872, RTE 277, CB 56); no limit=.
 TASK_ARGS_sst2="${TASK_ARGS_sst2:-task=sst2 prompt.template=review dev_size=200 method.train_size=800 method.batch_size=16 trainer.max_epochs=1}"
 TASK_ARGS_rte="${TASK_ARGS_rte:-task=rte dev_size=200 method.train_size=300 method.batch_size=16 trainer.max_epochs=1}"
