@@ -1,9 +1,10 @@
 """Compare two runs on the examples both scored: ``python -m autoglm_bench.compare RUN_A RUN_B``.
 
 Examples are paired by ``id``. ``acc``, ``acc_norm`` and ``exact_match`` are tested with the exact
-McNemar test, ``f1`` (corpus-level) with a paired bootstrap; either way the difference B - A comes with
-a paired-bootstrap 95% CI (:mod:`autoglm_bench.stats`). :func:`compare_runs` is the library entry point,
-also used by :mod:`autoglm_bench.report` for its significance marks.
+McNemar test and their difference B - A gets the exact interval that agrees with it
+(:func:`autoglm_bench.stats.mcnemar_ci`); ``f1`` (corpus-level) gets a paired bootstrap, whose p-value
+and percentile interval come from the same resamples. Each run is labelled by the config keys in which
+the two differ. :func:`compare_runs` is the library entry point.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import stats
+from .results import flatten_config
 
 
 class UsageError(ValueError):
@@ -34,9 +36,30 @@ def load_run(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{file} is not valid JSON ({exc})") from exc
 
 
-def describe(run: dict[str, Any]) -> str:
-    """A short label of a run: ``task | model | method | seed N``."""
-    return f"{run.get('task')} | {run.get('model')} | {run.get('method')} | seed {run.get('seed')}"
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The config keys (dotted leaves) whose values differ between runs A and B, with (A's, B's) value;
+    a key only one run has shows ``<unset>`` for the other.
+
+    >>> config_differences({"config": {"seed": 2, "trainer": {"max_epochs": 1}}},
+    ...                    {"config": {"seed": 2, "trainer": {"max_epochs": 3}}})
+    {'trainer.max_epochs': (1, 3)}
+    """
+    fa, fb = flatten_config(a.get("config", {})), flatten_config(b.get("config", {}))
+    return {
+        k: (fa.get(k, "<unset>"), fb.get(k, "<unset>"))
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, "<unset>") != fb.get(k, "<unset>")
+    }
+
+
+def difference_labels(a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> tuple[str, str]:
+    """Each run's values of the keys in which the two differ: ``optim.lr=0.0001, seed=2``."""
+    differ = config_differences(a, b)
+    if not differ:
+        return ("same config", "same config")
+    keys = list(differ)[:limit]
+    more = f", and {len(differ) - limit} more keys" if len(differ) > limit else ""
+    return tuple(", ".join(f"{k}={differ[k][side]}" for k in keys) + more for side in (0, 1))  # type: ignore[return-value]
 
 
 def require_completed(run: dict[str, Any], label: str) -> None:
@@ -94,41 +117,45 @@ def check_metric_in_both(a: dict[str, Any], b: dict[str, Any], metric: str) -> N
 def compare_runs(a: dict[str, Any], b: dict[str, Any], metric: str) -> dict[str, Any]:
     """Compare run B with run A (results.json dicts) on ``metric`` over the examples both scored.
 
-    Returns ``{"metric", "test", "n_paired", "n_a", "n_b", "a", "b", "diff", "ci95", "p_value",
-    "bootstrap_resamples", "bootstrap_seed"}`` plus, for the McNemar test, ``"a_only"`` (examples only A
-    got right) and ``"b_only"``. ``a`` and ``b`` are the metric on the paired examples, ``diff`` is B - A
-    with its paired-bootstrap 95% CI ``ci95``; ``test`` is ``"mcnemar_exact"`` for acc, acc_norm and
-    exact_match, ``"paired_bootstrap"`` for f1. Raises :class:`UsageError` for runs that cannot be paired.
+    Returns ``{"metric", "test", "n_paired", "n_a", "n_b", "a", "b", "diff", "ci95", "ci_method",
+    "p_value"}`` plus, for the McNemar test, ``"a_only"`` (examples only A got right) and ``"b_only"``, and
+    for the bootstrap ``"bootstrap_resamples"`` and ``"bootstrap_seed"``. ``a`` and ``b`` are the metric
+    on the paired examples, ``diff`` is B - A with a 95% interval ``ci95`` that agrees with the test:
+    for acc, acc_norm and exact_match the exact McNemar test and its exact interval
+    (:func:`stats.mcnemar_ci`); for f1 a paired bootstrap, p-value and percentile interval from the same
+    resamples. Raises :class:`UsageError` for runs that cannot be paired.
 
     >>> run = lambda preds: {"status": "completed", "metrics": {"acc": 0.0}, "predictions": [
     ...     {"id": str(i), "target": 0, "scores": [s, 0.0], "choices": ["a", "b"]} for i, s in enumerate(preds)]}
     >>> r = compare_runs(run([-1.0] * 7), run([1.0] + [-1.0] * 6), "acc")
-    >>> r["a"], r["b"], r["test"], r["b_only"], r["p_value"]
-    (0.0, 0.14285714285714285, 'mcnemar_exact', 1, 1.0)
+    >>> r["a"], r["b"], r["test"], r["b_only"], r["p_value"], r["ci95"][0] < 0 < r["ci95"][1]
+    (0.0, 0.14285714285714285, 'mcnemar_exact', 1, 1.0, True)
     """
     require_completed(a, "A")
     require_completed(b, "B")
     check_metric_in_both(a, b, metric)
     preds_a, preds_b = paired_predictions(a, b)
     out_a, out_b = stats.example_outcomes(metric, preds_a), stats.example_outcomes(metric, preds_b)
-    boot = stats.paired_bootstrap(metric, out_a, out_b)
-    result = {
+    a_value, b_value = stats.metric_of_outcomes(metric, out_a), stats.metric_of_outcomes(metric, out_b)
+    result: dict[str, Any] = {
         "metric": metric,
         "n_paired": len(preds_a),
         "n_a": len(a["predictions"]),
         "n_b": len(b["predictions"]),
-        "a": boot["a"],
-        "b": boot["b"],
-        "diff": boot["diff"],
-        "ci95": boot["ci95"],
-        "bootstrap_resamples": boot["resamples"],
-        "bootstrap_seed": boot["seed"],
+        "a": a_value,
+        "b": b_value,
+        "diff": b_value - a_value,
     }
     if metric in stats.PER_EXAMPLE_METRICS:
         test = stats.mcnemar_exact(out_a, out_b)
+        ci = stats.mcnemar_ci(test["a_only"], test["b_only"], test["n"])
         result.update(test="mcnemar_exact", p_value=test["p_value"], a_only=test["a_only"], b_only=test["b_only"])
+        result.update(ci95=ci, ci_method="exact (Clopper-Pearson on the discordant examples; agrees with McNemar)")
     else:
-        result.update(test="paired_bootstrap", p_value=boot["p_value"])
+        boot = stats.paired_bootstrap(metric, out_a, out_b)
+        result.update(test="paired_bootstrap", p_value=boot["p_value"], ci95=boot["ci95"])
+        result.update(ci_method="paired bootstrap percentile", bootstrap_resamples=boot["resamples"])
+        result.update(bootstrap_seed=boot["seed"])
     return result
 
 
@@ -136,22 +163,28 @@ def format_comparison(result: dict[str, Any], labels: tuple[str, str]) -> str:
     """The comparison as the CLI prints it."""
     m = result["metric"]
     lo, hi = result["ci95"]
-    lines = [
-        f"A: {labels[0]}",
-        f"B: {labels[1]}",
-        f"paired examples: {result['n_paired']} (A scored {result['n_a']}, B scored {result['n_b']})",
-        f"{m} on the paired examples: A {result['a']:.4f}, B {result['b']:.4f}",
-        f"B - A: {result['diff']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] (paired bootstrap over examples, "
-        f"{result['bootstrap_resamples']} resamples, seed {result['bootstrap_seed']})",
-    ]
     if result["test"] == "mcnemar_exact":
-        lines.append(
+        how = "exact, from the discordant examples: excludes 0 exactly when McNemar's p < 0.05"
+        test = (
             f"test: exact McNemar (A right, B wrong: {result['a_only']}; A wrong, B right: "
             f"{result['b_only']}), p = {result['p_value']:.6g}"
         )
     else:
-        lines.append(f"test: paired bootstrap of {m}, p = {result['p_value']:.6g}")
-    return "\n".join(lines)
+        how = (
+            f"paired bootstrap over examples, {result['bootstrap_resamples']} resamples, seed "
+            f"{result['bootstrap_seed']}"
+        )
+        test = f"test: paired bootstrap of {m} (the same resamples), p = {result['p_value']:.6g}"
+    return "\n".join(
+        [
+            f"A: {labels[0]}",
+            f"B: {labels[1]}",
+            f"paired examples: {result['n_paired']} (A scored {result['n_a']}, B scored {result['n_b']})",
+            f"{m} on the paired examples: A {result['a']:.4f}, B {result['b']:.4f}",
+            f"B - A: {result['diff']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] ({how})",
+            test,
+        ]
+    )
 
 
 def default_metric(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -171,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m autoglm_bench.compare",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compare two runs on the examples both scored (paired by example id): the metric of\n"
-        "each, the difference B - A with a paired-bootstrap 95% CI, and a paired test (exact\n"
-        "McNemar for acc, acc_norm and exact_match; paired bootstrap for f1).",
+        "each, the difference B - A with a 95% CI, and a paired test that agrees with it (exact McNemar\n"
+        "and its exact interval for acc, acc_norm and exact_match; a paired bootstrap for f1). Each run is\n"
+        "labelled by the config keys in which the two differ.",
         epilog="example:\n  python -m autoglm_bench.compare outputs/run_a outputs/run_b --metric acc",
     )
     parser.add_argument("run_a", metavar="RUN_A", help="run directory or results.json (the reference)")
@@ -195,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result, indent=2))
+        differ = {k: list(v) for k, v in config_differences(a, b).items()}
+        print(json.dumps({**result, "config_differences": differ}, indent=2, default=str))
     else:
-        print(format_comparison(result, (f"{args.run_a}  ({describe(a)})", f"{args.run_b}  ({describe(b)})")))
+        diff_a, diff_b = difference_labels(a, b)
+        print(format_comparison(result, (f"{args.run_a}  ({diff_a})", f"{args.run_b}  ({diff_b})")))
     return 0
 
 

@@ -2,16 +2,24 @@
 
 Schema 1::
 
-    {"schema": 1, "task", "model", "method", "status", "seed",
+    {"schema": 1, "task", "task_version", "model", "method", "status", "seed",
      "config": resolved config, "metrics": {name: value},
      "predictions": [{"id", "prediction", "target", "scores" | "output", ...}],
      "timings": {"load_s", "eval_s", "train_s", "tokens_per_s"},
      "cost": {"examples_scored", "tokens_processed"},
-     "env": {"python", "platform", "torch", "transformers", "autoglm_bench", "device", "git_commit"}}
+     "env": {"python", "platform", "torch", "transformers", "autoglm_bench", "device", "git_commit",
+             "git_dirty"}}
+
+``task_version`` (:func:`task_version`) is a digest of the task's resolved definition, so two runs of
+"sst2" made from different task files (or a changed verbaliser) can be told apart; ``git_commit`` is the
+checkout's HEAD with ``-dirty`` when tracked files outside results/ differed from it, and ``git_dirty``
+says the same as a boolean. A sweeper that re-ran a trial marks the older job's file ``"status": "superseded"`` (see
+hydra_plugins/autoglm_optuna_sweeper), and the report skips it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -99,15 +107,45 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
-def git_commit() -> str | None:
-    """HEAD of the checkout the package runs from, with "-dirty" when tracked files changed."""
+def task_version(config: dict[str, Any]) -> str | None:
+    """A 12-hex digest of the resolved ``task`` node of a run's config (the task file after its defaults
+    and any ``task.*`` overrides), or None when the config has no task.
+
+    >>> task_version({"task": {"name": "sst2", "choices": ["negative", "positive"]}})
+    'c9c6106bbe36'
+    """
+    task = config.get("task")
+    if not isinstance(task, dict):
+        return None
+    canonical = json.dumps(task, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested config by dotted key (lists and empty groups are leaves).
+
+    >>> flatten_config({"task": {"name": "sst2", "choices": ["a", "b"]}, "seed": 0})
+    {'task.name': 'sst2', 'task.choices': ['a', 'b'], 'seed': 0}
+    """
+    if not isinstance(config, dict) or not config:
+        return {prefix: config} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """HEAD of the checkout the package runs from, with "-dirty" when tracked files changed, other than the
+    committed tables in results/ (which no run reads: a table written by one sweeps script does not make
+    the next script's runs dirty). None outside a git checkout."""
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=5,
@@ -134,17 +172,19 @@ def env_info(device: Any = None) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "autoglm_bench": __version__,
         "device": name,
-        "git_commit": git_commit(),
+        "git_commit": (commit := git_commit()),
+        "git_dirty": None if commit is None else commit.endswith("-dirty"),
     }
 
 
 def write_results(run_dir: Path, result: dict[str, Any]) -> Path:
-    """Check ``result`` carries every schema field, then write ``run_dir/results.json`` atomically."""
+    """Check ``result`` carries every schema field, then write ``run_dir/results.json`` atomically, with the
+    ``task_version`` of its config."""
     missing = [k for k in RESULT_FIELDS if k != "schema" and k not in result]
     if missing:
         raise ValueError(f"result lacks schema fields: {', '.join(missing)}")
     path = run_dir / "results.json"
-    write_json_atomic(path, {"schema": SCHEMA_VERSION, **result})
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, "task_version": task_version(result["config"]), **result})
     return path
 
 

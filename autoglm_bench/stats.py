@@ -6,8 +6,12 @@
   for every metric, including the corpus-level macro-F1 (whose standard error is the bootstrap standard
   deviation, as in lm-eval).
 - :func:`metric_stats` -- the ``metric_stats`` block of results.json.
-- :func:`mcnemar_exact` and :func:`paired_bootstrap` -- two runs compared on the same examples.
+- :func:`mcnemar_exact` (with :func:`mcnemar_ci`, its consistent interval) and :func:`paired_bootstrap` --
+  two runs compared on the same examples.
+- :func:`adjust_p_values` -- Holm or Bonferroni over the tests of one table.
 - :func:`mean_std` -- mean and spread over seeds, for the report.
+
+Statistics of several runs (seeds) together are in :mod:`autoglm_bench.seed_stats`.
 
 A metric is computed from its per-example *outcomes* (:func:`example_outcomes`): a vector of 0/1
 correctness for ``acc``, ``acc_norm`` and ``exact_match`` (the metric is its mean), or a label table for
@@ -345,3 +349,68 @@ def paired_bootstrap(
         "resamples": resamples,
         "seed": seed,
     }
+
+
+def clopper_pearson(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial proportion from ``k`` successes in ``n`` trials.
+
+    >>> [round(x, 4) for x in clopper_pearson(1, 7)]
+    [0.0036, 0.5787]
+    """
+    from scipy.stats import beta
+
+    if n == 0:
+        return (0.0, 1.0)
+    tail = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
+    return (lo, hi)
+
+
+def mcnemar_ci(a_only: int, b_only: int, n: int, level: float = CI_LEVEL) -> list[float]:
+    """The interval of the accuracy difference B - A = (b_only - a_only) / n that agrees with
+    :func:`mcnemar_exact`: the exact Clopper-Pearson interval of the share pi = b_only / d of the d
+    discordant examples, mapped through B - A = (d / n) (2 pi - 1). It excludes 0 exactly when the exact
+    McNemar p-value is below 1 - level (both invert the same binomial tails), so a table never prints a
+    significant test beside an interval that holds 0, or the other way round.
+
+    >>> mcnemar_ci(0, 0, 10)
+    [0.0, 0.0]
+    >>> lo, hi = mcnemar_ci(1, 6, 12); lo < 0 < hi      # McNemar p = 0.125
+    True
+    """
+    d = a_only + b_only
+    if d == 0 or n == 0:
+        return [0.0, 0.0]
+    lo, hi = clopper_pearson(b_only, d, level)
+    return [d / n * (2 * lo - 1), d / n * (2 * hi - 1)]
+
+
+CORRECTIONS = ("holm", "bonferroni", "none")
+
+
+def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> list[float]:
+    """p-values adjusted for the number of tests (the family: every test of one table).
+
+    ``holm`` (Holm 1979, step-down): sort the m p-values ascending; the i-th smallest (i = 1..m) becomes
+    max over j <= i of min(1, (m - j + 1) p_(j)). It controls the family-wise error rate like Bonferroni
+    and rejects at least as much. ``bonferroni``: min(1, m p). ``none``: unchanged.
+
+    >>> adjust_p_values([0.01, 0.04, 0.03, 0.02])
+    [0.04, 0.06, 0.06, 0.06]
+    >>> adjust_p_values([0.01, 0.04], "bonferroni")
+    [0.02, 0.08]
+    """
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}; allowed: {', '.join(CORRECTIONS)}")
+    p = [float(x) for x in p_values]
+    m = len(p)
+    if method == "none":
+        return p
+    if method == "bonferroni":
+        return [min(1.0, m * x) for x in p]
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper table (b): PEFT methods x tasks.
 #
-#   bash sweeps/peft_minilm_cpu.sh                                  # MiniLM on CPU (this machine: ~30-40 min)
+#   bash sweeps/peft_minilm_cpu.sh                                  # MiniLM on CPU (2 shared cores: about an hour)
 #   MODEL=glm4_9b TRAINER=gpu bash sweeps/peft_minilm_cpu.sh        # the same table for GLM-4-9B on one GPU
 #
 # For every (task, PEFT method): a grid learning-rate sweep through our Optuna Hydra sweeper (objective: the
@@ -20,11 +20,16 @@
 #   EXTRA             more Hydra overrides for every job, e.g. "method.batch_size=4 model.path=/models/glm"
 #   SEEDS             default 0,1,2
 #   LANES             cells run at once (default 2 on trainer=cpu: one thread each; 1 otherwise)
-#   OUT               run folder (default multirun/peft_<model>_<trainer>); RESULTS: table prefix
+#   OUT               run folder (default multirun/peft_<model>_<trainer>_<commit>); RESULTS: table prefix
 #                     (default results/peft_<model>_<trainer>)
+#   QUICK=1           the whole path in a minute or two: the synthetic toy_sentiment task (no data needed),
+#                     full and LoRA, a 2-point and a 1-point grid, seeds 0,1, a few dozen rows; into multirun/quick/
+#   ALLOW_DIRTY=1     run in a working tree with uncommitted changes (refused otherwise: a table comes from a
+#                     clean commit) and tell the report to accept it; the header names the dirty commit
 #
-# Resumable: sweep and seed folders are named by a hash of their settings, so the same command again
-# reuses finished trials (the sweeper resumes its optuna.db) and skips seeds whose results.json is complete.
+# Resumable: sweep and seed folders are named by a hash of their settings under a run folder named by the
+# commit, so the same command again at the same commit reuses finished trials (the sweeper resumes its
+# optuna.db) and skips seeds whose results.json is complete.
 # Internal: `bash sweeps/peft_minilm_cpu.sh cell TASK PEFT` runs one cell (the lanes call it).
 set -euo pipefail
 
@@ -36,11 +41,30 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export AUTOGLM_DATA_DIR="${AUTOGLM_DATA_DIR:-../shared/data}"
+if [[ "${1:-}" != cell ]]; then  # the top-level invocation: a table comes from a clean commit
+    COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then COMMIT+="-dirty"; fi
+    if [[ ( "$COMMIT" == *-dirty || "$COMMIT" == unknown ) && "${ALLOW_DIRTY:-0}" != 1 ]]; then
+        echo "error: the working tree is not a clean git checkout ($COMMIT): a table is made from a clean" \
+            "commit; commit first, or set ALLOW_DIRTY=1 for a scratch table whose header names the dirty commit" >&2
+        exit 2
+    fi
+    export COMMIT
+fi
+COMMIT="${COMMIT:-unknown}"
+COMMIT_TAG="${COMMIT:0:12}${COMMIT#"${COMMIT%-dirty}"}"  # 12 hex digits, and -dirty if so
+if [[ "${QUICK:-0}" == 1 ]]; then  # the whole path, tiny: one synthetic task, 2 methods, 3 trials, 2 seeds
+    : "${TASKS:=toy_sentiment}" "${PEFTS:=full lora}" "${GRID_full:=1e-4,3e-4}" "${GRID_lora:=3e-3}" "${SEEDS:=0,1}"
+    : "${TASK_ARGS_toy_sentiment:=task=toy_sentiment dev_size=16 limit=24 method.train_size=24 method.batch_size=8 trainer.max_epochs=1}"
+    : "${OUT:=multirun/quick/peft_${MODEL:-minilm}_${TRAINER:-cpu}_${COMMIT_TAG}}"
+    : "${RESULTS:=multirun/quick/peft_${MODEL:-minilm}_${TRAINER:-cpu}}"
+    export TASK_ARGS_toy_sentiment
+fi
 MODEL="${MODEL:-minilm}"
 TRAINER="${TRAINER:-cpu}"
 TASKS="${TASKS:-sst2 rte cb}"
 SEEDS="${SEEDS:-0,1,2}"
-OUT="${OUT:-multirun/peft_${MODEL}_${TRAINER}}"
+OUT="${OUT:-multirun/peft_${MODEL}_${TRAINER}_${COMMIT_TAG}}"
 RESULTS="${RESULTS:-results/peft_${MODEL}_${TRAINER}}"
 EXTRA="${EXTRA:-}"
 if [[ "$TRAINER" == cpu ]]; then LANES="${LANES:-2}"; else LANES="${LANES:-1}"; fi
@@ -70,7 +94,7 @@ export PEFTS GRID_full GRID_lora GRID_prefix GRID_prompt_tuning KIND
 
 # Per-task rows and epochs. dev_size: rows of the train split held out for the lr choice (the split
 # protocol's default 200; CB's train split has only 250 rows, so 50). method.train_size caps the training
-# rows so that the whole table fits in well under an hour on 2 shared CPU cores. Test rows: the whole
+# rows so that the whole table fits in about an hour on 2 shared CPU cores. Test rows: the whole
 # validation split (SST-2 872, RTE 277, CB 56); no limit=.
 TASK_ARGS_sst2="${TASK_ARGS_sst2:-task=sst2 prompt.template=review dev_size=200 method.train_size=800 method.batch_size=16 trainer.max_epochs=1}"
 TASK_ARGS_rte="${TASK_ARGS_rte:-task=rte dev_size=200 method.train_size=300 method.batch_size=16 trainer.max_epochs=1}"
@@ -204,8 +228,10 @@ done; done
 BASELINE="${BASELINE:-$(grep -qw full <<<"$PEFTS" && echo full || echo "${PEFTS%% *}")}"
 n_seeds="$(tr ',' '\n' <<<"$SEEDS" | grep -c .)"
 TITLE="${TITLE:-PEFT methods x tasks: $MODEL, $TRAINER, test acc}"
+REPORT_FLAGS=()
+if [[ "${ALLOW_DIRTY:-0}" == 1 ]]; then REPORT_FLAGS+=(--allow-dirty); fi
 python -m autoglm_bench.report "${seed_dirs[@]}" --rows task.name --cols peft.method --baseline "$BASELINE" \
-    --metric acc --out "$RESULTS" --title "$TITLE"
+    --metric acc --out "$RESULTS" --title "$TITLE" ${REPORT_FLAGS[@]+"${REPORT_FLAGS[@]}"}
 WALL=$((SECONDS - START))
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 # The majority-class rate of each task's test rows (from the targets in one seed run per task).
@@ -224,7 +250,8 @@ EOF
 
 # ---------------------------------------------------------------- provenance header
 commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then commit+="-dirty"; fi
+if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then commit+="-dirty"; fi
+[[ "$commit" == "$COMMIT" ]] || commit="$COMMIT at the start, $commit when this file was written"
 versions="$(python -c 'import importlib.metadata as m, platform
 print(", ".join([f"python {platform.python_version()}"] + [f"{p} {m.version(p)}" for p in ("torch", "transformers", "peft", "lightning", "optuna")]))')"
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
@@ -234,17 +261,20 @@ table="$(cat "$RESULTS.md")"
 {
     echo "# Table (b): PEFT methods x tasks ($MODEL, trainer=$TRAINER)"
     echo
+    if [[ "${QUICK:-0}" == 1 ]]; then
+        echo "**QUICK=1**: a smoke run of the whole path (sweeps, seeds, report) on tiny settings; its numbers mean nothing."
+        echo
+    fi
     echo "Made by one command from the repository root:"
     echo
     echo '```bash'
-    if [[ "$MODEL" == minilm && "$TRAINER" == cpu ]]; then
-        echo "bash sweeps/peft_minilm_cpu.sh"
-    else
-        echo "MODEL=$MODEL TRAINER=$TRAINER bash sweeps/peft_minilm_cpu.sh"
-    fi
+    cmd="bash sweeps/peft_minilm_cpu.sh"
+    for var in QUICK ALLOW_DIRTY; do [[ -z "${!var:-}" ]] || cmd="$var=${!var} $cmd"; done
+    [[ "$MODEL" == minilm && "$TRAINER" == cpu ]] || cmd="MODEL=$MODEL TRAINER=$TRAINER $cmd"
+    echo "$cmd"
     echo '```'
     echo
-    echo "- git commit: \`$commit\`"
+    echo "- git commit: \`$commit\` (every run records it in results.json \`env.git_commit\`, and the report refuses mixed or dirty commits)"
     echo "- packages: $versions"
     echo "- machine: $cpu, $(grep -c ^processor /proc/cpuinfo) cores${gpu:+, GPU $gpu}; $os; OMP_NUM_THREADS=$OMP_NUM_THREADS, $LANES cells at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"
     if cut -f9 "$OUT"/cells/*.tsv | grep -q yes; then
@@ -291,9 +321,11 @@ table="$(cat "$RESULTS.md")"
         echo "only as a different model at the same row budget."
     fi
     echo
-    echo "Reading the table: rows are tasks, columns PEFT methods; † marks a cell that differs from \`$BASELINE\` in the"
-    echo "same row (p < 0.05, paired over test examples). The report bolds the best mean of each *column*, i.e."
-    echo "the best task for a method, which is not a comparison of methods."
+    echo "Reading the table: rows are tasks, columns PEFT methods; bold marks the best method of each row (and any"
+    echo "within one standard error of it); † marks a cell that differs from \`$BASELINE\` in the same row at p < 0.05"
+    echo "after Holm's correction over all the table's tests. Each cell is the mean over its seeds ± their standard"
+    echo "deviation, with the example-level standard error; the test is the seed-and-example t-test (the notes under"
+    echo "the table say how), and the CSV has every cell's raw and adjusted p."
     echo
     echo "$table"
 } >"$RESULTS.md.tmp"

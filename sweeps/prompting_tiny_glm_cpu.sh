@@ -10,8 +10,13 @@
 # option), SEEDS (0,1,2), LIMIT (test rows per task: the first N; default null = all), DEV_SIZE (100),
 # N_TRIALS (30), STEPS (training steps of the CPU model, 500), TASK_WEIGHTS (its batches per task, 4,1,1),
 # TASK_GLM_ARGS (more task-glm flags, e.g. "--hidden-size 64"), THREADS (torch threads per run, 1), OUT
-# (results/prompting_<model>). Runs go to stable folders under multirun/prompting/ (gitignored); a rerun
-# skips completed runs and resumes unfinished prompt-search studies. See sweeps/README.md.
+# (results/prompting_<model>), TASKS ("sst2 rte cb boolq"), TRAIN_TASKS (sst2,rte,cb), RUNS (multirun/prompting).
+# Runs go to stable folders under $RUNS named by the settings and the commit (gitignored); a rerun at the same
+# commit skips completed runs and resumes unfinished prompt-search studies. See sweeps/README.md.
+#
+# A table comes from a clean commit: the script refuses a working tree with uncommitted changes (ALLOW_DIRTY=1
+# makes a scratch table whose header says so). QUICK=1 runs the whole path in a minute or two: the synthetic
+# toy_sentiment task (no data needed), 2 seeds, a few rows and steps, 2 search trials, into multirun/quick/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +25,22 @@ trained=0   # 1 when this invocation trained the model
 launched=0  # runs this invocation launched
 git_state() {  # HEAD, with -dirty when tracked files differ from it
   local head; head=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-  if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then head="$head-dirty"; fi
+  if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then head="$head-dirty"; fi
   echo "$head"
 }
 start_commit=$(git_state)
+if [[ ( "$start_commit" == *-dirty || "$start_commit" == unknown ) && "${ALLOW_DIRTY:-0}" != 1 ]]; then
+  echo "error: the working tree is not a clean git checkout ($start_commit): a table is made from a clean commit;" \
+    "commit first, or set ALLOW_DIRTY=1 for a scratch table whose header names the dirty commit" >&2
+  exit 2
+fi
+REPORT_FLAGS=()
+if [[ "${ALLOW_DIRTY:-0}" == 1 ]]; then REPORT_FLAGS+=(--allow-dirty); fi
+if [[ "${QUICK:-0}" == 1 ]]; then  # the whole path, tiny: one synthetic task, 2 seeds, a few rows, steps, trials
+  : "${TASKS:=toy_sentiment}" "${TRAIN_TASKS:=toy_sentiment}" "${TASK_WEIGHTS:=1}" "${SEEDS:=0,1}" "${LIMIT:=24}"
+  : "${DEV_SIZE:=16}" "${N_TRIALS:=2}" "${STEPS:=4}" "${TASK_GLM_ARGS:=--batch-size 4 --max-tokens 128}"
+  : "${RUNS:=multirun/quick/prompting}" "${OUT:=multirun/quick/prompting_tiny_glm_cpu}"
+fi
 DATA_DIR=${AUTOGLM_DATA_DIR:-../shared/data}
 MODEL=${MODEL:-tiny_glm_cpu}
 SEEDS=${SEEDS:-0,1,2}
@@ -35,16 +52,18 @@ STEPS=${STEPS:-500}
 TASK_WEIGHTS=${TASK_WEIGHTS:-4,1,1}  # SST-2 batches 4x as often as RTE's or CB's
 THREADS=${THREADS:-1}
 K_SHOT=4
+RUNS=${RUNS:-multirun/prompting}
+TRAIN_TASKS=${TRAIN_TASKS:-sst2,rte,cb}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS}
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
-TASKS=(sst2 rte cb boolq)
+read -r -a TASKS <<< "${TASKS:-sst2 rte cb boolq}"
 
 # ---------------------------------------------------------------- the model
 if [[ "$MODEL" == tiny_glm_cpu ]]; then
-  echo "== training (or loading the cached) task GLM: $STEPS steps on the train parts of sst2, rte, cb"
-  MODEL_PATH=$("$PYTHON" -m autoglm_bench.bench task-glm --tasks sst2,rte,cb --data-dir "$DATA_DIR" \
+  echo "== training (or loading the cached) task GLM: $STEPS steps on the train parts of $TRAIN_TASKS"
+  MODEL_PATH=$("$PYTHON" -m autoglm_bench.bench task-glm --tasks "$TRAIN_TASKS" --data-dir "$DATA_DIR" \
     --steps "$STEPS" --task-weights "$TASK_WEIGHTS" --split-seed "$SPLIT_SEED" --dev-size "$DEV_SIZE" \
     --threads "$THREADS" ${TASK_GLM_ARGS:-})
   MODEL_PATH=$(printf '%s\n' "$MODEL_PATH" | tail -n 1)
@@ -58,7 +77,8 @@ else
   MODEL_TAG="$MODEL"
   OUT=${OUT:-results/prompting_$MODEL}
 fi
-ROOT="multirun/prompting/${MODEL_TAG}_limit${LIMIT}_dev${DEV_SIZE}_split${SPLIT_SEED}"
+commit_tag=${start_commit:0:12}${start_commit#"${start_commit%-dirty}"}  # 12 hex digits, and -dirty if so
+ROOT="$RUNS/${MODEL_TAG}_limit${LIMIT}_dev${DEV_SIZE}_split${SPLIT_SEED}_${commit_tag}"
 echo "== model: ${MODEL_ARGS[*]}; runs under $ROOT"
 
 COMMON=(data_dir="$DATA_DIR" split_seed="$SPLIT_SEED" dev_size="$DEV_SIZE" limit="$LIMIT" threads="$THREADS"
@@ -75,6 +95,8 @@ space_for() {
     cb) s+=("+search.space.verbalizers.task=[True,False,Neither]"
             "+search.space.verbalizers.yes_no_maybe=[yes,no,maybe]") ;;
     boolq) s+=("+search.space.verbalizers.task=[no,yes]" "+search.space.verbalizers.false_true=[False,True]") ;;
+    toy_sentiment) s+=("+search.space.verbalizers.task=[negative,positive]"
+                       "+search.space.verbalizers.bad_good=[bad,good]") ;;
   esac
   if [[ "$1" == boolq ]]; then
     s+=("search.space.k_shot=[0]" "search.space.demo_selection=[random]" "search.space.demo_order=[selected]")
@@ -118,8 +140,9 @@ done
 
 # ---------------------------------------------------------------- the table
 title="Test acc: prompting methods x tasks, $MODEL_TAG"
+rm -f "$OUT"_history_*.png  # the report writes one per study of these runs; older studies' plots would linger
 "$PYTHON" -m autoglm_bench.report "$ROOT" --rows task.name --cols tag --metric acc --baseline 0-shot \
-  --out "$OUT" --title "$title"
+  --out "$OUT" --title "$title" ${REPORT_FLAGS[@]+"${REPORT_FLAGS[@]}"}
 
 wall_s=$(( $(date +%s) - start_s ))
 # one line per invocation (start, wall seconds, runs launched, model trained), so a rerun that only
@@ -127,12 +150,13 @@ wall_s=$(( $(date +%s) - start_s ))
 printf '%s\t%s\t%s\t%s\n' "$(date -u -d "@$start_s" +%FT%TZ)" "$wall_s" "$launched" "$trained" \
   >> "$ROOT/invocations.tsv"
 command="bash sweeps/prompting_tiny_glm_cpu.sh"
-for var in MODEL SEEDS LIMIT DEV_SIZE N_TRIALS STEPS TASK_WEIGHTS TASK_GLM_ARGS THREADS OUT AUTOGLM_DATA_DIR; do
+for var in QUICK ALLOW_DIRTY MODEL TASKS TRAIN_TASKS SEEDS LIMIT DEV_SIZE N_TRIALS STEPS TASK_WEIGHTS TASK_GLM_ARGS \
+  THREADS RUNS OUT AUTOGLM_DATA_DIR; do
   value=$(printenv "$var" || true)  # only what the caller set in the environment
   if [[ -n "$value" ]]; then command="$var=$(printf %q "$value") $command"; fi
 done
 "$PYTHON" - "$OUT" "$ROOT" "$MODEL" "$MODEL_PATH" "$command" "$wall_s" "$LIMIT" "$DEV_SIZE" "$N_TRIALS" "$SEEDS" \
-  "$K_SHOT" "$start_commit" <<'PY'
+  "$K_SHOT" "$start_commit" "${TASKS[*]}" <<'PY'
 """Prepend the provenance header to the report's Markdown, mark BoolQ's few-shot cell n/a, list the prompts
 the searches picked."""
 import json
@@ -144,7 +168,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-out, root, model, model_path, command, wall_s, limit, dev_size, n_trials, seeds, k_shot, start_commit = sys.argv[1:]
+out, root, model, model_path, command, wall_s, limit, dev_size, n_trials, seeds, k_shot, start_commit, tasks = sys.argv[1:]
 md_path, tex_path = Path(out + ".md"), Path(out + ".tex")
 
 
@@ -156,7 +180,7 @@ def sh(*cmd):
 
 
 head = sh("git", "rev-parse", "HEAD") or "unknown"
-dirty = "-dirty" if sh("git", "status", "--porcelain", "--untracked-files=no") else ""
+dirty = "-dirty" if sh("git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results") else ""
 cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines() if line.startswith("Model name")),
            platform.processor() or "unknown")
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -197,7 +221,7 @@ def majority(task):
     return targets.count(top) / len(targets), len(targets)
 
 
-rates = {t: majority(t) for t in ("sst2", "rte", "cb", "boolq")}
+rates = {t: majority(t) for t in tasks.split()}
 
 lines = [
     "# Prompting methods x tasks" + (": a tiny GLM-4-architecture model on CPU" if model == "tiny_glm_cpu" else
@@ -234,7 +258,7 @@ if model == "tiny_glm_cpu":
         f"only. Training took {recipe['train_seconds'] / 60:.1f} min on this machine ({recipe['train_seconds']:.0f} s"
         f", torch {recipe['torch']}); loss {recipe['loss_curve'][0][1]:.3f} (first "
         f"{recipe['loss_curve'][0][0]} steps) -> {recipe['loss_curve'][-1][1]:.3f} (last steps). It never saw "
-        "a dev row, a test row, or any BoolQ row.",
+        "a dev row or a test row" + (", or any BoolQ row." if "boolq" in tasks.split() else "."),
     ]
 else:
     lines.append(f"- Model: `model={model}` (no training step)")
@@ -248,8 +272,8 @@ lines += [
        if limit != "null" and int(limit) < int(dev_size) else "")
     + ". The test rows are the same in every column and "
     f"every seed; `seed` ({seeds}) varies the demos and the sampler only.",
-    f"- Columns: `0-shot` = `method=evaluate`, the task's `default` template and label words (deterministic, so "
-    f"its std is 0); `{k_shot}-shot` = `method=evaluate prompt=few_shot prompt.k_shot={k_shot} "
+    f"- Columns: `0-shot` = `method=evaluate`, the task's `default` template and label words (deterministic: its "
+    f"seeds give identical predictions, so the cell is one run, n=1); `{k_shot}-shot` = `method=evaluate prompt=few_shot prompt.k_shot={k_shot} "
     "prompt.demo_selection=balanced` (class-balanced demos from the train part, a different set per seed); "
     f"`prompt-search` = `method=prompt_search search=tpe search.n_trials={n_trials}` (TPE + Wilcoxon pruning) "
     "over instruction (none or the task's), template (all of the task's), label words (the task's or one "
@@ -258,11 +282,14 @@ lines += [
     "demos).",
     "- Test rows and majority-class rate (always predicting the most frequent test label): "
     + "; ".join(f"{t} {n} rows, {100 * m:.1f}%" for t, v in rates.items() if v for m, n in [v]) + ".",
-    "- BoolQ `4-shot` is n/a: BoolQ has no train split in the offline data, so there are no rows to draw demos "
-    "from that are not dev or test rows (the harness refuses `prompt.k_shot>0` for it).",
 ]
-lines.append("- Bold (the report's convention) marks the best task in each column, not the best method for a task: "
-             "compare within a row. †: differs from `0-shot` in the same row, paired over the same test rows.")
+if "boolq" in tasks.split():
+    lines.append("- BoolQ `4-shot` is n/a: BoolQ has no train split in the offline data, so there are no rows to "
+                 "draw demos from that are not dev or test rows (the harness refuses `prompt.k_shot>0` for it).")
+lines.append("- Bold: the best method in each row, and any within one standard error of it. †: differs from "
+             "`0-shot` in the same row at p < 0.05 after Holm's correction over all the tests of the table; the "
+             "test (exact McNemar between one-run cells, otherwise the seed-and-example t-test) is explained in "
+             "the notes under the table, and each cell's raw and adjusted p are in the CSV.")
 if model == "tiny_glm_cpu":
     lines += [
         "",
@@ -274,6 +301,9 @@ if model == "tiny_glm_cpu":
         "label priors and surface cues, not entailment. For the GLM-4 table run "
         "`MODEL=glm4_9b bash sweeps/prompting_tiny_glm_cpu.sh` on a GPU.",
     ]
+if os.environ.get("QUICK") == "1":
+    lines[1:1] = ["", "**QUICK=1**: a smoke run of the whole path (training, runs, report) on tiny settings; its "
+                  "numbers mean nothing."]
 lines += ["", ""]
 
 table = md_path.read_text(encoding="utf-8")

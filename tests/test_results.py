@@ -1,14 +1,19 @@
-"""results.json is written atomically and never carries credentials."""
+"""results.json is written atomically, records its provenance (task version, commit, dirty tree) and never
+carries credentials."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 
-from autoglm_bench.results import redact, write_json_atomic, write_results
+from autoglm_bench.results import env_info, git_commit, redact, task_version, write_json_atomic, write_results
+
+from .conftest import REPO
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
@@ -96,3 +101,43 @@ def test_redact_drops_values_that_look_like_credentials():
         "instructions": ["<redacted>", "hf_style is fine", "sk-learn too"],
         "hpo": {"storage": "postgresql+psycopg2://bench:<redacted>@db.example/optuna"},
     }
+
+
+def record(task: dict) -> dict:
+    fields = ("model", "method", "status", "seed", "metrics", "predictions", "timings", "cost", "env")
+    return {"task": task["name"], "config": {"task": task, "seed": 0}, **dict.fromkeys(fields, {})}
+
+
+def test_results_record_the_task_version_of_the_resolved_task(tmp_path):
+    task = {"name": "sst2", "choices": ["negative", "positive"], "template": "{{ sentence }}"}
+    written = json.loads(write_results(tmp_path / "a", record(task)).read_text())
+    expected = hashlib.sha256(json.dumps(task, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    assert written["task_version"] == task_version(written["config"]) == expected
+    changed = {**task, "choices": ["bad", "good"]}  # a verbaliser override is another task definition
+    assert json.loads(write_results(tmp_path / "b", record(changed)).read_text())["task_version"] != expected
+
+
+def test_env_records_the_commit_and_whether_the_tree_was_dirty():
+    env = env_info()
+    if env["git_commit"] is None:
+        pytest.skip("not a git checkout")
+    assert isinstance(env["git_dirty"], bool) and env["git_commit"].endswith("-dirty") == env["git_dirty"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    head = head.strip()
+    assert env["git_commit"].removesuffix("-dirty") == head
+
+
+def test_changed_tables_in_results_do_not_make_the_tree_dirty(tmp_path):
+    """A sweeps script writes results/<table>.*; the next script's runs are still at a clean commit."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "start"]):
+        subprocess.run([*git, *cmd], cwd=tmp_path, check=True, capture_output=True)
+    head = git_commit(tmp_path)
+    assert head is not None and len(head) == 40
+    (tmp_path / "results" / "table.md").write_text("new\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "-dirty"

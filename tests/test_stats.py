@@ -150,3 +150,46 @@ def test_mean_std_uses_sample_std():
     assert (mean, std, n) == (pytest.approx(statistics.mean(values)), pytest.approx(statistics.stdev(values)), 3)
     with pytest.raises(ValueError):
         stats.mean_std([])
+
+
+def test_clopper_pearson_is_scipys_exact_interval():
+    for k, n in [(0, 7), (1, 7), (6, 12), (12, 12), (40, 200)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert stats.clopper_pearson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_mcnemar_interval_excludes_zero_exactly_when_mcnemar_rejects():
+    for a_only in range(0, 12):
+        for b_only in range(0, 25):
+            p = stats.mcnemar_exact([1] * a_only + [0] * b_only, [0] * a_only + [1] * b_only)["p_value"]
+            lo, hi = stats.mcnemar_ci(a_only, b_only, a_only + b_only + 30)
+            assert lo <= (b_only - a_only) / (a_only + b_only + 30) <= hi
+            assert (lo > 0 or hi < 0) == (p < 0.05), (a_only, b_only, p, lo, hi)
+
+
+def test_holm_and_bonferroni_by_hand():
+    p = [0.030, 0.001, 0.040, 0.012]
+    # Holm: ascending 0.001 x4, 0.012 x3, 0.030 x2, 0.040 x1, each at least the one before
+    assert stats.adjust_p_values(p, "holm") == pytest.approx([0.060, 0.004, 0.060, 0.036])
+    assert stats.adjust_p_values(p, "bonferroni") == pytest.approx([0.12, 0.004, 0.16, 0.048])
+    assert stats.adjust_p_values(p, "none") == p
+    assert stats.adjust_p_values([], "holm") == []
+    with pytest.raises(ValueError, match="allowed: holm, bonferroni, none"):
+        stats.adjust_p_values(p, "fdr")
+
+
+def test_seed_example_test_reduces_to_its_two_parts():
+    """Identical seeds: only the example part is left (a paired t-test over examples); seeds that differ by a
+    constant on identical rows: the example part vanishes and the paired t over seeds is left (here p = 0)."""
+    from scipy.stats import ttest_rel
+
+    from autoglm_bench.seed_stats import seed_example_test
+
+    rng = np.random.default_rng(4)
+    a, b = (rng.random(300) < 0.6).astype(float), (rng.random(300) < 0.7).astype(float)
+    same = seed_example_test("acc", [a, a], [b, b], [0, 1], [0, 1])
+    assert same["seed_var"] == 0 and same["paired_seeds"]
+    assert same["p_value"] == pytest.approx(ttest_rel(b, a).pvalue, rel=1e-9)
+    assert same["ci95"][0] < same["diff"] < same["ci95"][1]
+    unpaired = seed_example_test("acc", [a, a], [b, b, b], [0, 1], [0, 1, 2])
+    assert not unpaired["paired_seeds"] and unpaired["p_value"] == pytest.approx(same["p_value"])

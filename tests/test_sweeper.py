@@ -1,6 +1,7 @@
 """``hydra/sweeper=optuna`` over the real command: the sweep's pruner and direction reach the jobs, reruns
 resume instead of adding trials, a killed sweeper loses nothing, failed jobs are recorded and the sweep goes
-on, parallel jobs share the cores, and two sweepers share one study on a real PostgreSQL server."""
+on, a sweeper killed between a job's results.json and the study's record of it leaves one counted result
+per trial, parallel jobs share the cores, and two sweepers share one study on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -96,7 +97,10 @@ def running_trial(db: Path) -> int | None:
         return None
     try:
         with sqlite3.connect(db, timeout=10) as conn:
-            row = conn.execute("SELECT number FROM trials WHERE state = 'RUNNING'").fetchone()
+            row = conn.execute(  # a trial being run: asked and given its parameters
+                "SELECT number FROM trials t WHERE state = 'RUNNING' "
+                "AND EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
+            ).fetchone()
     except sqlite3.OperationalError:  # tables not created yet
         return None
     return row[0] if row else None
@@ -148,6 +152,51 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
     for t in complete:
         assert results[t.number]["config"]["hpo"]["trial_number"] == t.number
         assert results[t.number]["objective"] == t.value
+
+
+def test_sigkill_after_a_job_wrote_its_results_leaves_one_counted_result_per_trial(tmp_path):
+    """The kill window: job 1 has written results.json, the sweeper dies (a real SIGKILL, from a Hydra
+    callback at the job's end) before telling the study. The same command again re-runs trial 1 as a new
+    trial with its parameters and marks job 1's results.json superseded: one result per trial."""
+    from autoglm_bench.report.runs import find_result_files, load_runs
+
+    sweep, flag = tmp_path / "sweep", tmp_path / "killed"
+    args = [
+        *EVAL_JOB,
+        "model.seed=range(0,1000)",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.heartbeat_s=1",
+        f"hydra.sweep.dir={sweep}",
+        "+hydra.callbacks.kill._target_=tests.sweep_hooks.KillAfterJob",
+        "+hydra.callbacks.kill.job_num=1",
+        f"+hydra.callbacks.kill.flag={flag}",
+    ]
+    first = run_cli(*args, env=ONE_THREAD)
+    assert first.returncode == -signal.SIGKILL and flag.exists(), first.stderr[-3000:]
+    assert results_of(sweep)[1]["status"] == "completed"  # job 1 finished ...
+    assert study_of(sweep).trials[1].state.name == "RUNNING"  # ... but the study never heard of it
+    dead_params = study_of(sweep).trials[1].params
+
+    time.sleep(2.5)  # past the heartbeat grace period (2 x heartbeat_s)
+    again = run_cli(*args, env=ONE_THREAD)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = study_of(sweep).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(complete) == 3 and retry in complete and retry.params == dead_params
+    results = results_of(sweep)
+    assert results[1]["status"] == "superseded"
+    assert results[1]["superseded"] == {
+        "by_trial": retry.number,
+        "study": study_of(sweep).study_name,
+        "status": "completed",
+    }
+    counted = sorted(n for n, r in results.items() if r["status"] == "completed")
+    assert counted == sorted(t.number for t in complete)
+    runs, skipped = load_runs(find_result_files([sweep]))  # what the report reads
+    assert sorted(r.result["config"]["hpo"]["trial_number"] for r in runs) == counted
+    assert skipped == {"superseded": 1}
 
 
 def test_a_raising_job_and_a_nan_job_are_failed_and_the_sweep_completes(tmp_path):

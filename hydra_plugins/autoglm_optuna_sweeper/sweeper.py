@@ -10,7 +10,10 @@ and the pruner can stop it. A job's return value is its dev objective (never the
 a pruned job is stored as PRUNED, one that raised or returned NaN as FAIL, and the sweep goes on. Job
 directories carry the trial number (``hydra.job.num``), so a resumed sweep never overwrites a finished
 job. The resume policy is :func:`autoglm_bench.studies.run_trials`: the same command again runs only the
-trials still missing, and a trial whose process died is re-run once with its parameters.
+trials still missing, and a trial whose process died is re-run once with its parameters. When the dead
+trial's job had already written its results.json (the sweeper was killed between the job's end and the
+study's record of it), that file is marked ``"status": "superseded"`` with the retry's trial number
+(:func:`mark_superseded`), so the sweep directory holds one counted result per trial.
 
     python -m autoglm_bench -m hydra/sweeper=optuna method=finetune peft=lora \\
         'optim.lr=tag(log,interval(1e-5,1e-3))' 'peft.r=choice(4,8,16)' hydra.sweeper.n_trials=40
@@ -110,7 +113,10 @@ class OptunaSweeper(Sweeper):
         )
         job_args = [*fixed, f"hpo.storage={storage}", f"hpo.study_name={name}", f"hpo.pruner={self.pruner}"]
 
+        reconciled: set[int] = set()  # retried trial numbers whose job directories were checked
+
         def launch(trials: list[optuna.Trial]) -> list[Any]:
+            mark_superseded(study, sweep_dir, reconciled)
             outcomes = {}
             for group in contiguous(trials):  # job numbers (and so job directories) are trial numbers
                 jobs = [
@@ -122,6 +128,7 @@ class OptunaSweeper(Sweeper):
             return [outcomes[t.number] for t in trials]
 
         ran = run_trials(study, self.n_trials, launch, space=space, batch_size=self.n_jobs)
+        mark_superseded(study, sweep_dir, reconciled)
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         log.info(f"study {name!r}: ran {ran} trials now; states {dict((s, states.count(s)) for s in set(states))}")
         if "COMPLETE" in states:
@@ -164,3 +171,39 @@ def outcome(ret: Any) -> Any:
         return Outcome(pruned=True)
     log.warning(f"job {ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else '?'} failed: {error!r}")
     return Outcome(error=f"{type(error).__name__}: {error}")
+
+
+def mark_superseded(study: optuna.Study, sweep_dir: Path, reconciled: set[int] | None = None) -> list[Path]:
+    """Mark the results.json of every job whose trial went stale and was re-queued as superseded by the
+    retry: ``"status": "superseded"`` and ``"superseded": {"by_trial", "study", "status"}`` (the status
+    it had). Such a file exists when the sweeper died after the job wrote it but before the study
+    recorded the trial; the retry runs the same parameters again, and only its result counts (the report
+    skips superseded runs). Trial numbers in ``reconciled`` were checked before and are added to it; the
+    sweep directory is read only when a new trial was re-queued. Returns the files marked now."""
+    from autoglm_bench.results import write_json_atomic
+    from autoglm_bench.studies import retried_numbers
+
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials) - (reconciled if reconciled is not None else set())
+    if not retried:
+        return []
+    retry_of = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+    marked = []
+    for path in sorted(sweep_dir.rglob("results.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        hpo = result.get("config", {}).get("hpo") or {}
+        number = hpo.get("trial_number")
+        if hpo.get("study_name") != study.study_name or number not in retried or result.get("status") == "superseded":
+            continue
+        by = retry_of.get(number)
+        result["superseded"] = {"by_trial": by, "study": study.study_name, "status": result.get("status")}
+        result["status"] = "superseded"
+        write_json_atomic(path, result)
+        log.info(f"trial {number} was re-run as trial {by}: marked {path} superseded")
+        marked.append(path)
+    if reconciled is not None:
+        reconciled |= retried
+    return marked
