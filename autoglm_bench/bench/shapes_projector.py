@@ -143,26 +143,27 @@ def train_projector(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    for step in range(steps):
-        batch = rng.sample(examples, batch_size)
-        ids, labels = _batch([(e[0], e[1]) for e in batch], processor.tokenizer.pad_token_id)
-        grids = torch.cat([e[2] for e in batch])
-        merged = visual.downsample(torch.cat([e[3] for e in batch])).view(-1, visual.config.out_hidden_size)
-        per_image = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()
-        projected = visual.merger(merged).split(per_image)  # what get_image_features returns, from the cache
-        out = model(
-            input_ids=ids,
-            attention_mask=(labels != -200).long(),
-            mm_token_type_ids=(ids == model.config.image_token_id).long(),
-            image_grid_thw=grids,
-            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=projected)},
-        )
-        loss = _answer_loss(out.logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if on_step is not None:
-            on_step(step + 1, loss.item())
+    with torch.enable_grad():  # a training step, whatever gradient mode the caller is in
+        for step in range(steps):
+            batch = rng.sample(examples, batch_size)
+            ids, labels = _batch([(e[0], e[1]) for e in batch], processor.tokenizer.pad_token_id)
+            grids = torch.cat([e[2] for e in batch])
+            merged = visual.downsample(torch.cat([e[3] for e in batch])).view(-1, visual.config.out_hidden_size)
+            per_image = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()
+            projected = visual.merger(merged).split(per_image)  # what get_image_features returns, from the cache
+            out = model(
+                input_ids=ids,
+                attention_mask=(labels != -200).long(),
+                mm_token_type_ids=(ids == model.config.image_token_id).long(),
+                image_grid_thw=grids,
+                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=projected)},
+            )
+            loss = _answer_loss(out.logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step(step + 1, loss.item())
 
 
 def dev_accuracy(model: Any, processor: Any, rows: list[dict[str, Any]], images: list[Any]) -> float:

@@ -17,7 +17,6 @@ def load_for_training(cfg: ModelConfig, peft: PeftConfig, num_labels: int | None
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    torch.set_grad_enabled(True)  # HFLM loading turns it off process-wide for scoring
     auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     model, tokenizer = from_pretrained(cfg, model_path(cfg), auto, torch.float32, **extra)

@@ -110,11 +110,9 @@ def load(cfg: ModelConfig, adapter: str | None = None) -> HFLM:
 
 
 def wrap(cfg: ModelConfig, model: Any, tokenizer: Any, device: Any, dtype: Any, fingerprint: str, max_length: int):
-    """An :class:`HFLM` around a model already in memory (moved to ``device``, eval mode, no gradients)."""
-    import torch
-
+    """An :class:`HFLM` around a model already in memory (moved to ``device``, eval mode; scoring runs under
+    ``torch.inference_mode``, so nothing here changes the process's gradient mode)."""
     model.to(device).eval()
-    torch.set_grad_enabled(False)
     return HFLM(cfg.name, model, tokenizer, device, dtype, fingerprint, max_length)
 
 
