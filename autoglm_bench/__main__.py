@@ -44,16 +44,16 @@ def run_method(run: RunConfig, run_dir: Path, multirun: bool = False) -> dict[st
     method-specific fields.
     """
     if run.method.name == "evaluate":
-        from .evaluate import run_evaluate
+        from .methods.evaluate import run_evaluate
 
         score_dev = run.method.score_dev if run.method.score_dev is not None else multirun
         return run_evaluate(run, score_dev=score_dev)
     if run.method.name == "finetune":
-        from .train.run import run_finetune
+        from .methods.finetune.run import run_finetune
 
         return run_finetune(run, run_dir)
     if run.method.name == "prompt_search":
-        from .search import run_prompt_search
+        from .methods.prompt_search import run_prompt_search
 
         return run_prompt_search(run, run_dir)
     raise ConfigError(f"unknown method {run.method.name!r}")
@@ -98,10 +98,10 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     use_threads(cpu_threads(run))
     log.info("%s: started (%d torch threads)", run.method.name, torch.get_num_threads(), extra=FILE_ONLY)
     start = time.perf_counter()
-    from .loggers import log_run
     from .results import env_info, write_results
     from .stats import METRICS as STAT_METRICS
     from .stats import metric_stats
+    from .tracking import log_run
 
     record: dict[str, Any] = {
         "task": run.task.name,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from autoglm_bench.config import ConfigError, ModelConfig, compose
-from autoglm_bench.evaluate import run_evaluate
 from autoglm_bench.lm import load
 from autoglm_bench.lm.fingerprint import model_fingerprint
+from autoglm_bench.methods.evaluate import run_evaluate
 
 from .conftest import cache_rows, kill_once_cached, read_results, run_cli
 

@@ -13,7 +13,7 @@ pytest.importorskip("httpx")
 from omegaconf import OmegaConf  # noqa: E402
 
 from autoglm_bench.config import ConfigError, compose  # noqa: E402
-from autoglm_bench.evaluate import run_evaluate  # noqa: E402
+from autoglm_bench.methods.evaluate import run_evaluate  # noqa: E402
 
 from .conftest import cache_rows, kill_once_cached, openai_model, read_results, run_cli  # noqa: E402
 from .fault_proxy import FaultProxy  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 from autoglm_bench.config import ConfigError, compose
 from autoglm_bench.lm import RequestCache
-from autoglm_bench.search.evaluation import minibatch_ends
+from autoglm_bench.methods.prompt_search.evaluation import minibatch_ends
 
 from .conftest import read_results, start_cli
 from .conftest import run_cli as _run_cli
@@ -129,7 +129,7 @@ def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
     trial_lines = [line for line in first.stdout.splitlines() if line.startswith("trial ")]
     assert len(trial_lines) == 4  # the terminal shows each trial, and so does the run's log file
     log = (tmp_path / "a" / "toy_sentiment.log").read_text()
-    assert all(f"[autoglm_bench.search.outputs][INFO] - {line}\n" in log for line in trial_lines), log
+    assert all(f"[autoglm_bench.methods.prompt_search.outputs][INFO] - {line}\n" in log for line in trial_lines), log
 
     second = run_cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr
@@ -276,7 +276,7 @@ def test_nsga2_two_objectives_and_grid_is_exhaustive(tmp_path):
 
 
 def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
-    from autoglm_bench.search.proposal import propose_instruction
+    from autoglm_bench.methods.prompt_search.proposal import propose_instruction
 
     run_dir = tmp_path / "run"
     proc = run_cli(
@@ -302,9 +302,9 @@ def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
 
 def test_nearest_demos_pick_the_most_similar_rows():
     from autoglm_bench.config import PromptConfig
+    from autoglm_bench.data.tasks import load_task
     from autoglm_bench.lm.hf import minilm_embedder
     from autoglm_bench.prompts import nearest_demos
-    from autoglm_bench.tasks import load_task
 
     task = load_task(compose(["task=toy_sentiment"]).task, None, limit=5)
     task.rows["train"] = task.rows["train"][:50] + task.rows["eval"][:2]  # the queries themselves are in the pool
@@ -390,9 +390,9 @@ def test_search_plots_name_task_model_split_sampler_and_dev_axes():
     """The figures as drawn (before saving): titled with what was searched, axes saying they show dev values."""
     import optuna
 
-    from autoglm_bench.search.outputs import plot_about, plot_figure
-    from autoglm_bench.search.space import PromptSpace
-    from autoglm_bench.tasks import load_task
+    from autoglm_bench.data.tasks import load_task
+    from autoglm_bench.methods.prompt_search.outputs import plot_about, plot_figure
+    from autoglm_bench.methods.prompt_search.space import PromptSpace
 
     run = compose(["method=prompt_search", "search=nsga2", "search.space.k_shot=[0,1,2]"])
     space = PromptSpace.from_config(run.search.space, load_task(run.task, None).cfg)

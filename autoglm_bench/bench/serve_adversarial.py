@@ -89,8 +89,8 @@ class Outcome:
 
 def run(args: argparse.Namespace) -> None:
     from autoglm_bench.config import compose, resolve_data_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
+    from autoglm_bench.data.splits import split_task
+    from autoglm_bench.data.tasks import load_task
 
     overrides = [f"task={args.task}", f"model={args.model}", "serve.tasks=[gsm8k]", *args.override]
     token = None

@@ -52,9 +52,9 @@ def train_shapes_text_glm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..config import ModelConfig
+    from ..data.synthetic_images import COUNTS, QUADRANTS, QUESTIONS, SIZE, shape_scene
     from ..lm.tiny_glm import build_tiny_glm
     from ..paths import cache_dir
-    from ..synthetic_images import COUNTS, QUADRANTS, QUESTIONS, SIZE, shape_scene
     from .task_glm import _save
 
     source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
@@ -198,10 +198,10 @@ def run(args: argparse.Namespace) -> None:
     from transformers import AutoModelForImageTextToText
 
     from ..config import ModelConfig, compose
-    from ..images import load_image
+    from ..data.images import load_image
+    from ..data.tasks import load_task
     from ..lm.tiny_glm4v import build_tiny_glm4v
     from ..lm.vlm import load_processor
-    from ..tasks import load_task
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

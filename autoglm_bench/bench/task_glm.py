@@ -5,7 +5,7 @@
 A random-init tiny_glm predicts one class whatever the prompt, so zero-shot, few-shot and prompt search
 would all tie at chance. This trains the tiny_glm architecture (:func:`autoglm_bench.lm.tiny_glm.build_tiny_glm`:
 a ``Glm4ForCausalLM`` from a config, with the locally trained byte-level BPE tokenizer) on the TRAIN PART
-of each task, as the split protocol defines it (:mod:`autoglm_bench.splits`: the train split less the
+of each task, as the split protocol defines it (:mod:`autoglm_bench.data.splits`: the train split less the
 ``dev_size`` dev rows drawn with ``split_seed``), so the dev rows every selection reads and the test rows
 that are reported stay unseen. A task without a train split (BoolQ in the offline data) cannot be
 trained on and is refused.
@@ -230,10 +230,10 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     >>> run = compose(["model=hf", f"model.path={path}"])  # doctest: +SKIP
     """
     from autoglm_bench.config import ModelConfig, compose
+    from autoglm_bench.data.splits import split_task
+    from autoglm_bench.data.tasks import load_task
     from autoglm_bench.lm.tiny_glm import build_tiny_glm
     from autoglm_bench.paths import cache_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
 
     source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
     spec = [TRAIN_RECIPE, source.name, steps, seed, lr, batch_size]
@@ -295,10 +295,10 @@ def train_task_glm(
     import transformers
 
     from autoglm_bench.config import ConfigError, ModelConfig, TinyGlmConfig, compose, resolve_data_dir
+    from autoglm_bench.data.splits import split_task
+    from autoglm_bench.data.tasks import load_task
     from autoglm_bench.lm.tiny_glm import build_tiny_glm
     from autoglm_bench.paths import cache_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
 
     if not tasks:
         raise ConfigError("task-glm needs at least one task")

@@ -18,7 +18,7 @@ class TaskState:
 
     key: TaskKey
     run: RunConfig
-    task: Any  # autoglm_bench.tasks.Task; rows["train"] is the demo pool when prompt.k_shot > 0
+    task: Any  # autoglm_bench.data.tasks.Task; rows["train"] is the demo pool when prompt.k_shot > 0
     fields: list[str]  # the input fields the chosen template uses
     target_fields: list[str]  # the fields the gold target needs
 
@@ -60,8 +60,8 @@ def load_tasks(run: RunConfig, overrides: list[str], specs: dict[str, ModelSpec]
 
 
 def _load(run: RunConfig, key: TaskKey) -> TaskState:
-    from ..splits import split_task
-    from ..tasks import Task, load_task, make_hook
+    from ..data.splits import split_task
+    from ..data.tasks import Task, load_task, make_hook
 
     cfg = run.task
     if run.prompt.k_shot > 0:

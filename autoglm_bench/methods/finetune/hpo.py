@@ -22,8 +22,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, RunConfig, objective_of, validate
-from ..studies import grid_of, join_trial, make_pruner, make_sampler, open_study, parse_space, run_objective, run_trials
+from ...config import ConfigError, RunConfig, objective_of, validate
+from ...studies import (
+    grid_of,
+    join_trial,
+    make_pruner,
+    make_sampler,
+    open_study,
+    parse_space,
+    run_objective,
+    run_trials,
+)
 
 COMMON_SPACE = {
     "optim.lr": "tag(log,interval(1e-5,1e-2))",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import ConfigError, MethodConfig, RunConfig, objective_of, resolve_data_dir
-from .lm import LM, load, open_cache
-from .lm.hf import minilm_embedder
-from .prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text, render_examples
-from .scoring import ScoreStats
-from .splits import split_task
-from .tasks import Task, choice_prediction, extract_answer, load_task
+from ..config import ConfigError, MethodConfig, RunConfig, objective_of, resolve_data_dir
+from ..data.splits import split_task
+from ..data.tasks import Task, choice_prediction, extract_answer, load_task
+from ..lm import LM, load, open_cache
+from ..lm.hf import minilm_embedder
+from ..prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text, render_examples
+from ..scoring import ScoreStats
 
 
 def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:

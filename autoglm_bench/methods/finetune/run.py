@@ -13,13 +13,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..config import ConfigError, RunConfig, TrainerConfig, objective_of, resolve_data_dir
+from ...config import ConfigError, RunConfig, TrainerConfig, objective_of, resolve_data_dir
+from ...data.tasks import Task, load_task
+from ...lm import load
+from ...lm.adapters import load_for_training
+from ...lm.hf import resolve_device
+from ...prompts import chat_tokenizer
 from ..evaluate import choice_predictions, score_examples
-from ..lm import load
-from ..lm.adapters import load_for_training
-from ..lm.hf import resolve_device
-from ..prompts import chat_tokenizer
-from ..tasks import Task, load_task
 from .callbacks import TrainStats
 from .data import TaskDataModule, render_rows
 from .module import FinetuneModule, trainable_parameters
@@ -275,7 +275,7 @@ def classify(
     model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: list[Any], device: torch.device
 ) -> tuple[list[dict[str, Any]], float, int]:
     """Predictions of a classification head on rendered examples: (predictions, seconds, tokens)."""
-    from ..prompts import prompt_text
+    from ...prompts import prompt_text
 
     start, tokens, scores = time.perf_counter(), 0, []
     contexts = [prompt_text(task.cfg, ex.messages) for ex in examples]
@@ -297,7 +297,7 @@ def classify(
 def compute_head_metrics(task: Task, predictions: list[dict[str, Any]]) -> dict[str, float]:
     """The task's metrics for a classification head. ``acc_norm`` divides a continuation's
     log-likelihood by its length, which has no meaning for a head's class scores, so it is left out."""
-    from ..tasks import compute_metrics
+    from ...data.tasks import compute_metrics
 
     return compute_metrics([m for m in task.cfg.metrics if m != "acc_norm"], predictions)
 

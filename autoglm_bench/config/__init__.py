@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 REPO_ROOT = PACKAGE_ROOT.parent
 CONF_DIR = REPO_ROOT / "conf"
 TASKS_DIR = REPO_ROOT / "tasks"
@@ -103,7 +103,7 @@ class TaskConfig:
     hook: str | None = None  # "package.module:Class" implementing the TaskHook interface
     options: dict[str, Any] = field(default_factory=dict)  # free-form settings for a hook
     # row fields holding images: a path under the data folder (or the hook's image_root), bytes, base64 or
-    # a data: URL (autoglm_bench/images.py)
+    # a data: URL (autoglm_bench/data/images.py)
     images: list[str] = field(default_factory=list)
 
 
@@ -169,7 +169,7 @@ class MethodConfig:
     # evaluate, prompt_search: the request cache (SQLite; autoglm_bench/lm/cache.py), shared by runs and trials
     cache: bool = True
     cache_path: str | None = None  # null: <AUTOGLM_CACHE_DIR>/eval_cache.sqlite
-    # finetune only (see autoglm_bench/train/data.py for how rows are chosen):
+    # finetune only (see autoglm_bench/methods/finetune/data.py for how rows are chosen):
     train_size: int | None = None  # training rows (the first of the train part, in split_seed order); null = all
     score_dev: bool | None = None  # evaluate: also score the dev rows (the sweeper objective); null: in a multirun
     eval_batch_size: int = 64
@@ -360,7 +360,7 @@ class RunConfig:
     backend: str = "local"  # local | ray (method=evaluate over Ray actors)
     data_dir: str | None = None
     seed: int = 0  # sampling and training: demos, initialisation, data order (never which rows are dev/test)
-    split_seed: int = 0  # which rows are dev (and, without a train split, test): see autoglm_bench/splits.py
+    split_seed: int = 0  # which rows are dev (and, without a train split, test): see autoglm_bench/data/splits.py
     dev_size: int = 200  # dev rows, drawn from the train split (or the eval split when there is none)
     limit: int | None = None
     threads: int | None = None  # torch CPU threads; null: the cores available / the jobs a launcher runs at once
@@ -792,7 +792,7 @@ def objective_of(run: Any) -> tuple[str, str]:
 def categorical_space(space: SearchSpaceConfig) -> None:
     """Turn every sweep-syntax string of ``space`` into its list of choices, in place (one syntax for every
     search space: :func:`autoglm_bench.studies.parse_space`)."""
-    from .studies import distribution
+    from ..studies import distribution
 
     for key in ("instructions", "templates", "k_shot", "demo_selection", "demo_order"):
         value = getattr(space, key)

@@ -6,7 +6,7 @@ Training sees exactly what evaluation scores: each row is rendered by
 with the loss on the answer tokens only. An encoder gets the context alone and the gold choice index
 as its class label.
 
-Rows follow the split protocol (:mod:`autoglm_bench.splits`): ``dev_size`` rows of the task's train
+Rows follow the split protocol (:mod:`autoglm_bench.data.splits`): ``dev_size`` rows of the task's train
 split (drawn with ``split_seed``) are the dev set (validation, early stopping, pruning); training uses the rest,
 at most ``method.train_size`` of them. ``limit=`` caps the test rows (as for every method) and also the
 training and dev rows, so a quick run stays quick. Token ids are computed once with the datasets library
@@ -27,19 +27,19 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import ConfigError, RunConfig
-from ..lm.hf import minilm_embedder
-from ..paths import cache_dir
-from ..prompts import chat_tokenizer, demo_answer, needs_embedder, prompt_text, render_examples
-from ..scoring import REQUEST_ENCODING, encode_requests
-from ..splits import Splits, split_task
-from ..tasks import Task
+from ...config import ConfigError, RunConfig
+from ...data.splits import Splits, split_task
+from ...data.tasks import Task
+from ...lm.hf import minilm_embedder
+from ...paths import cache_dir
+from ...prompts import chat_tokenizer, demo_answer, needs_embedder, prompt_text, render_examples
+from ...scoring import REQUEST_ENCODING, encode_requests
 
 IGNORE = -100  # label of tokens the loss skips (context, padding)
 
 
 def split_rows(task: Task, run: RunConfig) -> Splits:
-    """The run's train/dev/test rows (:func:`~autoglm_bench.splits.split_task`), training capped at
+    """The run's train/dev/test rows (:func:`~autoglm_bench.data.splits.split_task`), training capped at
     ``method.train_size`` and ``limit`` rows."""
     if "train" not in task.rows:
         raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, TaskConfig
+from ..config import ConfigError, TaskConfig
 
 
 @dataclass
@@ -109,7 +109,7 @@ def make_hook(cfg: TaskConfig) -> TaskHook:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"task hook {cfg.hook!r} cannot be imported ({exc}); use 'package.module:Class'") from exc
     if not (isinstance(cls, type) and issubclass(cls, TaskHook)):
-        raise ConfigError(f"task hook {cfg.hook!r} is not a subclass of autoglm_bench.tasks.TaskHook")
+        raise ConfigError(f"task hook {cfg.hook!r} is not a subclass of autoglm_bench.data.tasks.TaskHook")
     return cls(cfg)
 
 

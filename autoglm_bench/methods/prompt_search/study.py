@@ -14,7 +14,7 @@ Sampler, pruner, storage and the resume policy are the shared ones of :mod:`auto
 an RDB URL (default ``sqlite:///<run_dir>/study.db``) with heartbeats; a trial whose process died goes
 stale after ``2 * search.heartbeat_s`` seconds and is re-run once with its parameters, and a rerun of the
 same command runs only the trials still missing up to ``search.n_trials`` finished ones. The search reads
-only the dev rows of the split protocol (:mod:`autoglm_bench.splits`); the test rows are scored once, with
+only the dev rows of the split protocol (:mod:`autoglm_bench.data.splits`); the test rows are scored once, with
 the best prompt.
 """
 
@@ -28,12 +28,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
+from ...config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
+from ...data.splits import Splits, split_task
+from ...data.tasks import load_task
+from ...lm import LM, load, open_cache
+from ...studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
 from ..evaluate import choice_predictions
-from ..lm import LM, load, open_cache
-from ..splits import Splits, split_task
-from ..studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
-from ..tasks import load_task
 from .evaluation import Evaluator, demo_pool, is_correct, minibatch_ends
 from .proposal import instruction_history, meta_prompt, propose_instruction
 from .space import PROPOSED, Candidate, PromptSpace, candidate_from_params
@@ -193,8 +193,8 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     """
     import optuna
 
-    from ..lm.hf import minilm_embedder
-    from ..prompts import chat_tokenizer
+    from ...lm.hf import minilm_embedder
+    from ...prompts import chat_tokenizer
     from .outputs import TrialLogger, plot_about, write_outputs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
