@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, MethodConfig, RunConfig, objective_of, resolve_data_dir
@@ -12,6 +13,11 @@ from ..lm import LM, load, open_cache
 from ..lm.hf import minilm_embedder
 from ..prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text, render_examples
 from ..scoring import ScoreStats
+
+
+def run(run_cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """method=evaluate (:func:`run_evaluate`); dev rows are scored when ``method.score_dev``."""
+    return run_evaluate(run_cfg, score_dev=bool(run_cfg.method.score_dev))
 
 
 def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:

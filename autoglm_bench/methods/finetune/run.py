@@ -25,20 +25,6 @@ from .data import TaskDataModule, render_rows
 from .module import FinetuneModule, trainable_parameters
 
 
-def run_finetune(run: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """method=finetune: one training run, or an Optuna search of them when ``hpo.n_trials > 0``."""
-    if run.hpo.n_trials > 0:
-        from .hpo import run_search
-
-        return run_search(run, run_dir)
-    if run.hpo.trial_number is not None:  # one trial of a study that a sweeper drives
-        from .hpo import sweeper_trial
-
-        callback, used = sweeper_trial(run)
-        return {**finetune(run, run_dir, callbacks=[callback]), "hpo_trial": used}
-    return finetune(run, run_dir)
-
-
 def check_hardware(tr: TrainerConfig) -> None:
     """Fail before any loading when the trainer asks for hardware or a precision this machine lacks."""
     cuda = torch.cuda.is_available()

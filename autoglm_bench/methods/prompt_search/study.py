@@ -20,8 +20,6 @@ the best prompt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -32,7 +30,7 @@ from ...config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
 from ...data.splits import Splits, split_task
 from ...data.tasks import load_task
 from ...lm import LM, load, open_cache
-from ...studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
+from ...studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url, study_name
 from ..evaluate import choice_predictions
 from .evaluation import Evaluator, demo_pool, is_correct, minibatch_ends
 from .proposal import instruction_history, meta_prompt, propose_instruction
@@ -59,8 +57,7 @@ def default_study_name(run: RunConfig, space: PromptSpace) -> str:
             k: v for k, v in asdict(s).items() if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "name")
         },
     }
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{run.task.name}-{run.model.name}-{s.sampler}-{digest}"
+    return study_name(f"{run.task.name}-{run.model.name}-{s.sampler}", keyed)
 
 
 def open_search_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: int) -> Any:
