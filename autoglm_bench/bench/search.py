@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from autoglm_bench.config import compose
-    from autoglm_bench.data.splits import split_task
-    from autoglm_bench.data.tasks import load_task
+    from autoglm_bench.data.prepare import prepare
     from autoglm_bench.lm import load
     from autoglm_bench.methods.prompt_search.space import PromptSpace
     from autoglm_bench.results import git_commit
@@ -147,8 +146,8 @@ def run(args: argparse.Namespace) -> None:
             *args.override,
         ]
     )
-    task = load_task(cfg.task, None)
-    splits = split_task(task, cfg.split_seed, cfg.dev_size)
+    prep = prepare(cfg, data_dir=None, limit=None)
+    task, splits = prep.task, prep.splits
     space = PromptSpace.from_config(cfg.search.space, task.cfg)
     lm = load(cfg.model)
     print(

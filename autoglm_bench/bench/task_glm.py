@@ -198,7 +198,7 @@ def _answer_loss_backward(model: Any, ids: list[list[int]], labels: list[list[in
     return total
 
 
-def _save(model: Any, tokenizer: Any, target: Path, extra: dict[str, Any] | None = None) -> None:
+def save_model(model: Any, tokenizer: Any, target: Path, extra: dict[str, Any] | None = None) -> None:
     """Write the model (safetensors) and tokenizer to ``target`` atomically (a staging folder renamed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
@@ -230,8 +230,7 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     >>> run = compose(["model=hf", f"model.path={path}"])  # doctest: +SKIP
     """
     from autoglm_bench.config import ModelConfig, compose
-    from autoglm_bench.data.splits import split_task
-    from autoglm_bench.data.tasks import load_task
+    from autoglm_bench.data.prepare import prepare
     from autoglm_bench.lm.tiny_glm import build_tiny_glm
     from autoglm_bench.paths import cache_dir
 
@@ -241,12 +240,12 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     if (target / "model.safetensors").is_file():
         return target
     run_cfg = compose(["task=toy_sentiment"])
-    task = load_task(run_cfg.task, None)
+    prep = prepare(run_cfg, data_dir=None, limit=None)
     # only the train part: the dev rows the search selects on stay unseen, as the test rows do
-    cfg, rows = task.cfg, split_task(task, run_cfg.split_seed, run_cfg.dev_size).train
+    cfg, rows = prep.task.cfg, prep.splits.train
     model, tokenizer = _load_float32(source)
     _train_loop(model, tokenizer, [(cfg, rows)], steps, seed, lr, batch_size, max_demos=2)
-    _save(model, tokenizer, target)
+    save_model(model, tokenizer, target)
     return target
 
 
@@ -401,7 +400,7 @@ def train_task_glm(
             for i in range(0, steps, chunk)
         ],
     }
-    _save(model, tokenizer, target, record)
+    save_model(model, tokenizer, target, record)
     return target
 
 

@@ -26,9 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ...config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
-from ...data.splits import Splits, split_task
-from ...data.tasks import load_task
+from ...config import CONF_DIR, ModelConfig, RunConfig
+from ...data.prepare import prepare
+from ...data.splits import Splits
 from ...lm import LM, load, open_cache
 from ...studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url, study_name
 from ..evaluate import choice_predictions
@@ -197,8 +197,8 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     s = run.search
-    task = load_task(run.task, resolve_data_dir(run.data_dir))
-    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
+    prep = prepare(run)
+    task, splits = prep.task, prep.splits
     space = PromptSpace.from_config(s.space, task.cfg)
     study = open_search_study(run, space, run_dir, len(splits.dev))
     cache = open_cache(run.method)  # method.cache=false: kept in memory, so a run still scores no request twice
