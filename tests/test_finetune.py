@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from autoglm_bench.config import compose
 from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
-from .conftest import read_results, run_cli
+from .conftest import run_ok
 
 # Soft prompts need a far larger step than weights do.
 LR = {"full": 3e-3, "lora": 1e-2, "prefix": 3e-2, "prompt_tuning": 3e-1}
@@ -102,11 +102,7 @@ def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
 
 def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     """The full user path: fine-tune from chance to near-perfect accuracy, results.json has every field."""
-    proc = run_cli(
-        "+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40", f"hydra.run.dir={tmp_path}", env=ONE_THREAD
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = read_results(tmp_path)
+    result = run_ok(tmp_path, "+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40", env=ONE_THREAD)
     assert result["status"] == "completed" and result["method"] == "finetune"
     assert result["metrics"]["acc"] >= 0.9, result["metrics"]
     training = result["training"]
