@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .data.tasks import choice_prediction, macro_f1
+from .metrics import choice_prediction, macro_f1
 
 BOOTSTRAP_RESAMPLES = 1000
 """Resamples of every bootstrap here: 1000 leaves 25 resamples beyond each end of a 95% interval, enough

@@ -20,7 +20,7 @@ CONF_DIR = REPO_ROOT / "conf"
 TASKS_DIR = REPO_ROOT / "tasks"
 
 TaskType = choices("TaskType", "multiple_choice", "generation")
-METRICS = {  # the metrics each task type computes (data/tasks.py)
+METRICS = {  # the metrics each task type computes (metrics.py)
     "multiple_choice": ("acc", "acc_norm", "f1"),
     "generation": ("exact_match",),
 }

@@ -8,9 +8,10 @@ from typing import Any
 
 from ..config import ConfigError, MethodConfig, RunConfig, objective_of
 from ..data.prepare import prepare
-from ..data.tasks import Task, choice_prediction, extract_answer
+from ..data.tasks import Task
 from ..lm import LM, load, open_cache
 from ..lm.hf import minilm_embedder
+from ..metrics import choice_prediction, extract_answer
 from ..prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text
 from ..scoring import ScoreStats
 

@@ -249,7 +249,7 @@ class Service:
 
     async def task(self, body: TaskRequest, authenticated: bool, only: str | None = None) -> dict[str, Any]:
         """/task (dispatch on the task's type and the model's kind) and /classify (``only`` multiple_choice)."""
-        from ..data.tasks import choice_prediction
+        from ..metrics import choice_prediction
 
         deadline = time.monotonic() + self.run.serve.request_timeout_s
         self.check_priority(body.priority, authenticated)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import ConfigError, OptimConfig
-from ...data.tasks import compute_metrics
+from ...metrics import compute_metrics
 from .data import IGNORE
 
 

@@ -283,7 +283,7 @@ def classify(
 def compute_head_metrics(task: Task, predictions: list[dict[str, Any]]) -> dict[str, float]:
     """The task's metrics for a classification head. ``acc_norm`` divides a continuation's
     log-likelihood by its length, which has no meaning for a head's class scores, so it is left out."""
-    from ...data.tasks import compute_metrics
+    from ...metrics import compute_metrics
 
     return compute_metrics([m for m in task.cfg.metrics if m != "acc_norm"], predictions)
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import PromptConfig
-from ...data.tasks import Task, choice_prediction
+from ...data.tasks import Task
 from ...lm import LM
+from ...metrics import choice_prediction
 from ...prompts import Embedder, Example, choice_requests, prompt_text, render_examples
 from .space import Candidate
 
