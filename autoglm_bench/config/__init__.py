@@ -1,7 +1,8 @@
 """The run configuration: its schema (:mod:`.schema`: dataclasses, allowed names as string Enums), the
 checks a type cannot express (:mod:`.checks`) and the Hydra glue (:mod:`.compose`). :func:`compose` is the
 one way to build a validated run config from command-line overrides outside ``python -m autoglm_bench``
-(which composes through ``@hydra.main`` and validates with the same :func:`validate`). Every failure is a
+(which composes through ``@hydra.main`` and validates with the same :func:`validate`); :func:`with_overrides`
+changes keys of one, :func:`from_saved` rebuilds a finished run's. Every failure is a
 one-line :class:`ConfigError`. Nothing here imports torch or transformers: ``--cfg job`` and ``--help``
 stay fast.
 """
@@ -78,6 +79,17 @@ def with_overrides(run: RunConfig, what: str, values: dict[str, Any]) -> RunConf
     return validate(cfg)
 
 
+def from_saved(saved: Any, what: str) -> RunConfig:
+    """A validated run config from a saved one (a run's ``.hydra/config.yaml`` or results.json ``config``),
+    merged onto the schema so keys it lacks take today's defaults; a key the schema lacks or a bad name is a
+    one-line :class:`ConfigError` naming ``what``."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    except Exception as exc:
+        raise ConfigError(f"{what}: {enum_message(exc) or one_line(exc)}") from None
+    return validate(cfg)
+
+
 __all__ = [  # noqa: F405
     "ConfigError",
     "categorical_space",
@@ -87,6 +99,7 @@ __all__ = [  # noqa: F405
     "config_groups_help",
     "describe_composition_error",
     "enum_message",
+    "from_saved",
     "group_options",
     "is_loopback",
     "objective_of",
