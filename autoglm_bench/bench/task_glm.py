@@ -294,8 +294,7 @@ def train_task_glm(
     import transformers
 
     from autoglm_bench.config import ConfigError, ModelConfig, TinyGlmConfig, compose, resolve_data_dir
-    from autoglm_bench.data.splits import split_task
-    from autoglm_bench.data.tasks import load_task
+    from autoglm_bench.data.prepare import prepare
     from autoglm_bench.lm.tiny_glm import build_tiny_glm
     from autoglm_bench.paths import cache_dir
 
@@ -321,10 +320,10 @@ def train_task_glm(
                 f"task {name!r} has no train split (or is not multiple choice), so it cannot be "
                 f"trained on; its dev rows come from its eval split, which must stay unseen"
             )
-        task = load_task(run_cfg.task, folder)
         # only the train part of the split protocol: the dev rows every selection reads and the test rows
         # (the eval split) stay unseen
-        rows = split_task(task, split_seed, dev_size).train
+        prepared = prepare(run_cfg, folder, limit=None)
+        task, rows = prepared.task, prepared.splits.train
         if not rows:
             raise ConfigError(f"task {name!r}: no train rows left after the {dev_size} dev rows")
         sources.append((task.cfg, rows))

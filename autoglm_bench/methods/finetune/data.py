@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ...config import ConfigError, RunConfig
-from ...data.splits import Splits, split_task
+from ...data.prepare import Prepared
+from ...data.splits import Splits
 from ...data.tasks import Task
 from ...lm.hf import minilm_embedder
 from ...paths import cache_dir
@@ -38,17 +40,19 @@ from ...scoring import REQUEST_ENCODING, encode_requests
 IGNORE = -100  # label of tokens the loss skips (context, padding)
 
 
-def split_rows(task: Task, run: RunConfig) -> Splits:
-    """The run's train/dev/test rows (:func:`~autoglm_bench.data.splits.split_task`), training capped at
+def split_rows(prepared: Prepared, run: RunConfig) -> Splits:
+    """The run's train/dev/test rows (:func:`~autoglm_bench.data.prepare.prepare`), training capped at
     ``method.train_size`` and ``limit`` rows."""
+    task = prepared.task
     if "train" not in task.rows:
         raise ConfigError(
             f"method=finetune needs a train split, but task {task.name!r} has only: {', '.join(task.rows)}"
         )
-    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
+    train = prepared.splits.train
     for cap in (run.method.train_size, run.limit):
         if cap is not None:
-            splits.train = splits.train[:cap]
+            train = train[:cap]
+    splits = replace(prepared.splits, train=train)
     if not splits.train:
         raise ConfigError(
             f"no training rows left: the train split of {task.name!r} has "
@@ -77,17 +81,17 @@ class TaskDataModule(pl.LightningDataModule):
     batches one process with micro-batch N*B sees.
     """
 
-    def __init__(self, task: Task, run: RunConfig, tokenizer: Any, max_length: int, classifier: bool):
+    def __init__(self, prepared: Prepared, run: RunConfig, tokenizer: Any, max_length: int, classifier: bool):
         super().__init__()
-        self.task, self.run, self.tokenizer = task, run, tokenizer
+        self.run, self.tokenizer = run, tokenizer
         self.max_length, self.classifier = max_length, classifier
         self.train_set: Any = None
         self.dev_set: Any = None
         self.dev_examples: list[Any] = []
         self._sampler: ShardedOrder | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, indices of it already trained on)
-        self.splits = split_rows(task, run)
-        self.task = self.splits.view(task, self.splits.test)  # demos come from the train part only
+        self.splits = split_rows(prepared, run)
+        self.task = self.splits.view(prepared.task, self.splits.test)  # demos come from the train part only
         self.train_rows, self.dev_rows = self.splits.train, self.splits.dev
 
     # ------------------------------------------------------------ building

@@ -13,8 +13,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ...config import ConfigError, RunConfig, TrainerConfig, objective_of, resolve_data_dir
-from ...data.tasks import Task, load_task
+from ...config import ConfigError, RunConfig, TrainerConfig, objective_of
+from ...data.prepare import prepare
+from ...data.tasks import Task
 from ...lm import load
 from ...lm.adapters import load_for_training
 from ...lm.hf import resolve_device
@@ -65,12 +66,13 @@ def finetune(
     check_hardware(run.trainer)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banners about TPUs and tips
     pl.seed_everything(run.seed, workers=True, verbose=False)
-    task = load_task(run.task, resolve_data_dir(run.data_dir))
+    prepared = prepare(run)
+    task = prepared.task
     classifier = run.model.kind == "encoder"
     n_choices = len(task.cfg.choices or [])
     model, tokenizer = load_for_training(run.model, run.peft, num_labels=n_choices if classifier else None)
     max_length = min(run.model.max_length, getattr(model.config, "max_position_embeddings", None) or 10**9)
-    data = TaskDataModule(task, run, tokenizer, max_length, classifier)
+    data = TaskDataModule(prepared, run, tokenizer, max_length, classifier)
     data.setup()
     module = FinetuneModule(
         model,
