@@ -89,7 +89,7 @@ def run_study(
         ),
     )
     start = time.perf_counter()
-    study.optimize(Objective(run, space, evaluator, splits, None), n_trials=n_trials)
+    study.optimize(Objective(run.search, space, evaluator, splits, None), n_trials=n_trials)
     seconds = time.perf_counter() - start
     scored = evaluator.scored
     best = best_trial(study)

@@ -236,7 +236,15 @@ class Service:
         from ..methods.finetune.run import classify
 
         state = self.tasks.states[key[2]]
-        predictions, _, tokens = classify(served.head, served.tokenizer, state.task, state.run, examples, served.device)
+        predictions, _, tokens = classify(
+            served.head,
+            served.tokenizer,
+            state.task,
+            examples,
+            served.device,
+            state.run.method.eval_batch_size,
+            state.run.model.max_length,
+        )
         return predictions, tokens
 
     # ------------------------------------------------------------ request handlers

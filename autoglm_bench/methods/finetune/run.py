@@ -138,7 +138,9 @@ def finetune(
     chat = chat_tokenizer(run.prompt, tokenizer)
     examples = render_rows(data.task, run, data.splits.test, chat)[0]
     if classifier:
-        predictions, eval_s, tokens = classify(model, tokenizer, task, run, examples, device)
+        predictions, eval_s, tokens = classify(
+            model, tokenizer, task, examples, device, run.method.eval_batch_size, run.model.max_length
+        )
         metrics = compute_head_metrics(task, predictions)
     else:
         if run.peft.method == "lora":
@@ -260,21 +262,21 @@ def save_weights(model: Any, tokenizer: Any, folder: Path) -> str:
 
 
 def classify(
-    model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: list[Any], device: torch.device
+    model: Any, tokenizer: Any, task: Task, examples: list[Any], device: torch.device, batch_size: int, max_length: int
 ) -> tuple[list[dict[str, Any]], float, int]:
-    """Predictions of a classification head on rendered examples: (predictions, seconds, tokens)."""
+    """Predictions of a classification head on rendered examples, ``batch_size`` at a time and truncated to
+    ``max_length`` tokens: (predictions, seconds, tokens)."""
     from ...prompts import prompt_text
 
     start, tokens, scores = time.perf_counter(), 0, []
     contexts = [prompt_text(task.cfg, ex.messages) for ex in examples]
-    size = run.method.eval_batch_size
     with torch.inference_mode():
-        for b in range(0, len(examples), size):
+        for b in range(0, len(examples), batch_size):
             enc = tokenizer(
-                contexts[b : b + size],
+                contexts[b : b + batch_size],
                 padding=True,
                 truncation=True,
-                max_length=run.model.max_length,
+                max_length=max_length,
                 return_tensors="pt",
             ).to(device)
             scores += torch.log_softmax(model(**enc).logits.float(), -1).tolist()
