@@ -22,41 +22,17 @@ from .config import (
     ConfigError,
     RunConfig,
     check_task_choice,
-    one_line,
+    describe_composition_error,
     register_schemas,
-    unknown_key_message,
-    unknown_option_message,
     validate,
 )
 from .logs import FILE_ONLY
+from .methods import method_of
 from .results import redact
 from .threads import available_cpus, choose_threads, use_threads
 
 register_schemas()
 log = logging.getLogger("autoglm_bench")  # not __name__: run as a script this module is "__main__"
-
-
-def run_method(run: RunConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any]:
-    """Dispatch to the method's implementation (imported lazily: torch loads only for real work).
-
-    Each returns its part of the result record: metrics (test rows), dev metrics and the dev ``objective``,
-    predictions, splits, timings, cost, ``device`` and ``backend`` (both go into ``env``), plus
-    method-specific fields.
-    """
-    if run.method.name == "evaluate":
-        from .evaluate import run_evaluate
-
-        score_dev = run.method.score_dev if run.method.score_dev is not None else multirun
-        return run_evaluate(run, score_dev=score_dev)
-    if run.method.name == "finetune":
-        from .train.run import run_finetune
-
-        return run_finetune(run, run_dir)
-    if run.method.name == "prompt_search":
-        from .search import run_prompt_search
-
-        return run_prompt_search(run, run_dir)
-    raise ConfigError(f"unknown method {run.method.name!r}")
 
 
 def parallel_jobs(cores: int) -> int:
@@ -90,6 +66,8 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     a sweep records the failed run and goes on.
     """
     run = validate(cfg)
+    if run.method.score_dev is None:  # evaluate: score the dev rows (the sweeper's objective) in a multirun
+        run.method.score_dev = multirun
     log.info("config: %s", redact(config_summary(run)), extra=FILE_ONLY)
     random.seed(run.seed)
     import torch
@@ -98,10 +76,10 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
     use_threads(cpu_threads(run))
     log.info("%s: started (%d torch threads)", run.method.name, torch.get_num_threads(), extra=FILE_ONLY)
     start = time.perf_counter()
-    from .loggers import log_run
     from .results import env_info, write_results
     from .stats import METRICS as STAT_METRICS
     from .stats import metric_stats
+    from .tracking import log_run
 
     record: dict[str, Any] = {
         "task": run.task.name,
@@ -112,7 +90,7 @@ def execute(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str,
         "run_dir": str(run_dir),
     }
     try:
-        out = run_method(run, run_dir, multirun)
+        out = method_of(run.method.name).run(run, run_dir)
     except ConfigError:
         raise
     except Exception as exc:
@@ -199,25 +177,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return record.get("objective")
 
 
-def describe_hydra_error(exc: BaseException) -> str:
-    """One line for a Hydra/OmegaConf composition error, naming the bad value and what is allowed."""
-    from hydra.errors import MissingConfigException
-
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
-        group, _, name = exc.missing_cfg_file.rpartition("/")
-        if group in ("task", "model", "prompt", "method", "search", "trainer", "logger", "experiment", "peft", "optim"):
-            return unknown_option_message(group, name)
-    cause = exc.__cause__ or exc.__context__  # a bad key in a file arrives as the context
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
-
-    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key and cause.parent_node is not None:
-        return unknown_key_message(cause.full_key, [str(k) for k in cause.parent_node.keys()])
-    message = one_line(exc)
-    if cause is not None and one_line(cause) not in message:
-        message = f"{message}: {one_line(cause)}"
-    return message
-
-
 def main() -> None:
     # Let composition errors reach us instead of Hydra's multi-line report; a user who sets
     # HYDRA_FULL_ERROR=1 gets the full traceback as usual.
@@ -231,7 +190,7 @@ def main() -> None:
 
         if full_error or not isinstance(exc, (HydraException, OmegaConfBaseException, ConfigError)):
             raise
-        print(f"error: {describe_hydra_error(exc)}", file=sys.stderr)
+        print(f"error: {describe_composition_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

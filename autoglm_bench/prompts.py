@@ -19,7 +19,8 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .config import ConfigError, PromptConfig, TaskConfig
-from .tasks import Task, normalise_answer
+from .data.tasks import Task
+from .metrics import normalise_answer
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
 

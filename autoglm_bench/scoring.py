@@ -447,10 +447,10 @@ def _cache_kwarg(model_class: type) -> str:
 
 
 def _left_pad(seqs: list[list[int]], pad: int, device: Any):
-    return _pad(seqs, pad, device, left=True)
+    return pad_batch(seqs, pad, device, left=True)
 
 
-def _pad(seqs: list[list[int]], pad: int, device: Any, left: bool):
+def pad_batch(seqs: list[list[int]], pad: int, device: Any, left: bool):
     """(ids, attention mask) tensors for token lists padded to the longest (at least 1 column)."""
     import torch
 

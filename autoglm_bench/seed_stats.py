@@ -32,10 +32,10 @@ from .stats import (
     BOOTSTRAP_SEED,
     CI_LEVEL,
     CORPUS_METRICS,
-    _replicates,
     bootstrap_replicates,
     metric_of_outcomes,
     pool_runs,
+    resample_replicates,
     stderr_of_mean,
 )
 
@@ -167,7 +167,7 @@ def seed_example_test(
         parts = [(float(np.var(v, ddof=1)) / len(v), len(v) - 1) for v in (a_vals, b_vals) if len(v) > 1]
     pool_a, pool_b = pool_runs(metric, a_runs), pool_runs(metric, b_runs)
     if metric in CORPUS_METRICS:
-        reps = _replicates(metric, [pool_a, pool_b], BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+        reps = resample_replicates(metric, [pool_a, pool_b], BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
         ex_var = float(np.var(reps[1] - reps[0], ddof=1))
     else:
         ex_var = float(np.var(pool_b - pool_a, ddof=1)) / n if n > 1 else 0.0

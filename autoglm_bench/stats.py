@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .tasks import choice_prediction, macro_f1
+from .metrics import choice_prediction, macro_f1
 
 BOOTSTRAP_RESAMPLES = 1000
 """Resamples of every bootstrap here: 1000 leaves 25 resamples beyond each end of a 95% interval, enough
@@ -167,7 +167,7 @@ def _resample_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=(min(_CHUNK, resamples - start), n))
 
 
-def _replicates(metric: str, outcome_tables: Sequence[np.ndarray], resamples: int, seed: int) -> np.ndarray:
+def resample_replicates(metric: str, outcome_tables: Sequence[np.ndarray], resamples: int, seed: int) -> np.ndarray:
     """Metric of each table on the same resamples of rows: shape (len(outcome_tables), resamples)."""
     n = len(outcome_tables[0])
     out = []
@@ -185,7 +185,7 @@ def bootstrap_replicates(
     """The metric on ``resamples`` seeded resamples (with replacement, same size) of the outcome rows."""
     if len(outcomes) == 0:
         return np.full(resamples, np.nan)
-    return _replicates(metric, [np.asarray(outcomes)], resamples, seed)[0]
+    return resample_replicates(metric, [np.asarray(outcomes)], resamples, seed)[0]
 
 
 def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL) -> list[float]:
@@ -335,7 +335,7 @@ def paired_bootstrap(
             "resamples": resamples,
             "seed": seed,
         }
-    reps = _replicates(metric, [a_outcomes, b_outcomes], resamples, seed)
+    reps = resample_replicates(metric, [a_outcomes, b_outcomes], resamples, seed)
     diffs = reps[1] - reps[0]
     tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
     p = min(1.0, 2 * (tail + 1) / (resamples + 1))

@@ -20,6 +20,8 @@ CategoricalDistribution(choices=(4, 8))
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -29,13 +31,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import PRUNERS, SAMPLERS, ConfigError, one_line
+from .errors import ConfigError, choices, one_line
+
+# the names make_sampler and make_pruner build; the config schema types search/hpo/sweeper fields with them
+Sampler = choices("Sampler", "tpe", "random", "grid", "gp", "nsga2")
+Pruner = choices("Pruner", "none", "median", "wilcoxon", "successive_halving", "hyperband")
+# fine-tuning HPO (hpo.*, hydra/sweeper=optuna): single-objective samplers, and pruners on validation epochs
+HpoSampler = choices("HpoSampler", "tpe", "random", "grid", "gp")
+HpoPruner = choices("HpoPruner", "none", "median", "successive_halving", "hyperband")
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
 RETRIES = 1  # a trial whose process died is re-run once with its parameters
+
+
+def study_name(prefix: str, keyed: Any, digits: int = 8) -> str:
+    """The one way a study is named when the user names none: ``<prefix>-<hash of keyed>``, where ``keyed``
+    holds everything that changes what a trial computes (so the same command resumes its study and a changed
+    one starts a new study beside it) and nothing that does not (the budget, the storage).
+
+    >>> study_name("sst2-tiny_glm-tpe", {"seed": 0})
+    'sst2-tiny_glm-tpe-de7d7744'
+    """
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:digits]
+    return f"{prefix}-{digest}"
 
 
 def make_sampler(
@@ -65,7 +86,7 @@ def make_sampler(
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials, deterministic_objective=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
-    raise ConfigError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    raise ConfigError(f"unknown sampler {name!r}; allowed: {', '.join(Sampler.names())}")
 
 
 def make_pruner(
@@ -99,7 +120,7 @@ def make_pruner(
         return optuna.pruners.HyperbandPruner(
             min_resource=min_resource, max_resource=max_resource, reduction_factor=reduction_factor
         )
-    raise ConfigError(f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+    raise ConfigError(f"unknown pruner {name!r}; allowed: {', '.join(Pruner.names())}")
 
 
 def parse_space(entries: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:

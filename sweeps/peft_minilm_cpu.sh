@@ -5,7 +5,7 @@
 #   MODEL=glm4_9b TRAINER=gpu bash sweeps/peft_minilm_cpu.sh        # the same table for GLM-4-9B on one GPU
 #
 # For every (task, PEFT method): a grid learning-rate sweep through our Optuna Hydra sweeper (objective: the
-# dev accuracy; dev = rows drawn from the train split, autoglm_bench/splits.py), then 3 seeds (seed=0,1,2, a
+# dev accuracy; dev = rows drawn from the train split, autoglm_bench/data/splits.py), then 3 seeds (seed=0,1,2, a
 # plain Hydra multirun) of the lr with the best dev accuracy, then one table of the test accuracy (the task's
 # validation split) with autoglm_bench.report, and a provenance header in <RESULTS>.md.
 #

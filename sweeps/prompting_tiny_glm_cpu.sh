@@ -263,7 +263,7 @@ if model == "tiny_glm_cpu":
 else:
     lines.append(f"- Model: `model={model}` (no training step)")
 lines += [
-    "- Protocol (autoglm_bench/splits.py): test rows = "
+    "- Protocol (autoglm_bench/data/splits.py): test rows = "
     + ("all rows" if limit == "null" else f"the first {limit} rows (`limit={limit}`)")
     + " of each task's test split (SST-2, RTE, CB: the validation split; BoolQ, which has no train split "
     f"here: the validation split less its {dev_size} dev rows); dev rows = {dev_size} rows drawn with split_seed "

@@ -75,6 +75,20 @@ def run_cli(
     )
 
 
+def cli_ok(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """:func:`run_cli` that must succeed: a failure shows its exit code and the tail of its stderr."""
+    proc = run_cli(*args, **kwargs)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
+    return proc
+
+
+def run_ok(run_dir: Path, *overrides: str, **kwargs: Any) -> dict:
+    """One ``python -m autoglm_bench OVERRIDES`` run into ``run_dir`` that must succeed: its results.json
+    (``kwargs`` as for :func:`run_cli`)."""
+    cli_ok(*overrides, f"hydra.run.dir={run_dir}", **kwargs)
+    return read_results(run_dir)
+
+
 def start_cli(*args: str, module: str = "autoglm_bench", env: dict | None = None, **popen: Any) -> subprocess.Popen:
     """Start ``python -m autoglm_bench ARGS`` in the background as a user would (``popen``: stdout, stderr,
     text, start_new_session, ... for :class:`subprocess.Popen`); the caller waits for or kills it."""
@@ -83,6 +97,15 @@ def start_cli(*args: str, module: str = "autoglm_bench", env: dict | None = None
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+def study_of(sweep_dir: Path):
+    """The one Optuna study of a sweep directory's optuna.db."""
+    import optuna
+
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def cache_rows(path: Path) -> int:

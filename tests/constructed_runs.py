@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,9 @@ def seed_runs(base: np.ndarray, accs: list[float], noise: float, rng: np.random.
         r[pick] = ~r[pick]
         out.append(r.astype(float))
     return out
+
+
+def mcnemar_by_hand(a_only: int, b_only: int) -> float:
+    """The exact two-sided McNemar p-value from the discordant counts, written out from its definition."""
+    d = a_only + b_only
+    return min(1.0, 2 * sum(math.comb(d, k) for k in range(min(a_only, b_only) + 1)) / 2**d)

@@ -10,7 +10,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from autoglm_bench.synthetic import ToySentiment
+from autoglm_bench.data.synthetic import ToySentiment
 
 
 class FlakyToy(ToySentiment):

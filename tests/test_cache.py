@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from autoglm_bench.config import ConfigError, ModelConfig, compose
-from autoglm_bench.evaluate import run_evaluate
 from autoglm_bench.lm import load
 from autoglm_bench.lm.fingerprint import model_fingerprint
+from autoglm_bench.methods.evaluate import run_evaluate
 
-from .conftest import cache_rows, kill_once_cached, read_results, run_cli
+from .conftest import cache_rows, kill_once_cached, run_ok
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # and bit-identical results between runs
 # 64 test rows, scored 2 per batch: the cache is written in chunks of 8 requests.
@@ -25,9 +25,7 @@ EVAL = ["+experiment=quickstart", "limit=64", "dev_size=8", "method.batch_size=2
 
 
 def test_killed_evaluation_resumes_with_identical_results_and_a_rerun_scores_nothing(tmp_path):
-    reference = run_cli(*EVAL, "method.cache=false", f"hydra.run.dir={tmp_path / 'reference'}", env=ONE_THREAD)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    expected = read_results(tmp_path / "reference")
+    expected = run_ok(tmp_path / "reference", *EVAL, "method.cache=false", env=ONE_THREAD)
     distinct = expected["cost"]["examples_scored"]  # the rows' distinct requests (toy_sentiment repeats some)
     assert expected["cost"]["examples_requested"] == 64 and 8 < distinct <= 64
     assert not (tmp_path / "cache.sqlite").exists()
@@ -39,18 +37,14 @@ def test_killed_evaluation_resumes_with_identical_results_and_a_rerun_scores_not
     assert not (tmp_path / "killed" / "results.json").exists()
 
     # The same command in a new run directory (as a rerun gets by default) resumes from the cache.
-    resumed = run_cli(*cached, f"hydra.run.dir={tmp_path / 'resumed'}", env=ONE_THREAD)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    out = read_results(tmp_path / "resumed")
+    out = run_ok(tmp_path / "resumed", *cached, env=ONE_THREAD)
     assert out["cost"]["examples_scored"] == distinct - stored
     assert out["cost"]["cache_hits"] == 64 - (distinct - stored)
     assert out["predictions"] == expected["predictions"]  # scores included, bit for bit
     assert out["metrics"] == expected["metrics"]
     assert cache_rows(tmp_path / "cache.sqlite") == distinct
 
-    again = run_cli(*cached, f"hydra.run.dir={tmp_path / 'again'}", env=ONE_THREAD)
-    assert again.returncode == 0, again.stderr[-3000:]
-    out = read_results(tmp_path / "again")
+    out = run_ok(tmp_path / "again", *cached, env=ONE_THREAD)
     assert out["cost"]["examples_scored"] == 0 and out["cost"]["tokens_processed"] == 0
     assert out["cost"]["cache_hits"] == 64
     assert out["predictions"] == expected["predictions"]

@@ -11,13 +11,12 @@ import pytest
 
 from autoglm_bench.results import RESULT_FIELDS
 
-from .conftest import read_results, run_cli
+from .conftest import cli_ok, read_results, run_cli, run_ok
 
 
 def test_quickstart_writes_a_complete_result(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("+experiment=quickstart", f"hydra.run.dir={run_dir}", f"method.cache_path={tmp_path / 'c.sqlite'}")
-    assert proc.returncode == 0, proc.stderr
+    proc = cli_ok("+experiment=quickstart", f"hydra.run.dir={run_dir}", f"method.cache_path={tmp_path / 'c.sqlite'}")
     assert "acc=" in proc.stdout and f"run dir: {run_dir}" in proc.stdout
     result = read_results(run_dir)
     assert set(RESULT_FIELDS) <= set(result)
@@ -45,8 +44,7 @@ def test_quickstart_writes_a_complete_result(tmp_path):
 
 def test_the_run_log_file_gets_the_run_lines_and_the_terminal_only_the_results(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("+experiment=quickstart", "limit=10", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr
+    proc = cli_ok("+experiment=quickstart", "limit=10", f"hydra.run.dir={run_dir}")
     metrics_line = "toy_sentiment | tiny_glm | evaluate | test n=10 | scored "
     terminal = proc.stdout.splitlines()
     assert len(terminal) == 2 and terminal[0].startswith(metrics_line) and terminal[1] == f"run dir: {run_dir}"
@@ -83,8 +81,7 @@ def test_cfg_job_and_help_do_not_import_torch(tmp_path):
     assert "hydra" in imported and "omegaconf" in imported  # the probe does see imports
     assert not {m for m in imported if m.split(".")[0] in ("torch", "transformers", "datasets")}
 
-    helped = run_cli("--help")
-    assert helped.returncode == 0
+    helped = cli_ok("--help")
     for group in ("task:", "model:", "prompt:", "method:", "search:", "trainer:", "logger:", "experiment:"):
         assert group in helped.stdout.replace("task/", "task:")
     for option in ("sst2", "gsm8k", "bbh_navigate", "tiny_glm", "glm4_9b", "quickstart", "wandb"):
@@ -95,9 +92,7 @@ def test_cfg_job_and_help_do_not_import_torch(tmp_path):
 
 def test_sst2_full_validation_split(tmp_path, data_dir):
     run_dir = tmp_path / "sst2"
-    proc = run_cli("+experiment=sst2_zeroshot", f"data_dir={data_dir}", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr
-    result = read_results(run_dir)
+    result = run_ok(run_dir, "+experiment=sst2_zeroshot", f"data_dir={data_dir}")
     assert len(result["predictions"]) == 872
     assert len({p["id"] for p in result["predictions"]}) == 872
     assert result["predictions"][0]["choices"] == ["negative", "positive"]
@@ -105,17 +100,15 @@ def test_sst2_full_validation_split(tmp_path, data_dir):
 
 def test_few_shot_chat_prompt_through_the_cli(tmp_path, data_dir):
     run_dir = tmp_path / "rte"
-    proc = run_cli(
+    result = run_ok(
+        run_dir,
         "task=rte",
         "prompt=chat",
         "prompt.k_shot=2",
         f"data_dir={data_dir}",
         "limit=5",
         "prompt.instruction=Decide.",
-        f"hydra.run.dir={run_dir}",
     )
-    assert proc.returncode == 0, proc.stderr
-    result = read_results(run_dir)
     prompt = result["prompt_example"]
     assert prompt.startswith("[gMASK]<sop><|system|>") and prompt.endswith("<|assistant|>\n")
     assert prompt.count("<|user|>") == 3 and "Decide." in prompt
@@ -125,14 +118,13 @@ def test_few_shot_chat_prompt_through_the_cli(tmp_path, data_dir):
 def test_wandb_offline_logs_without_secrets(tmp_path):
     run_dir = tmp_path / "wb"
     secret = "hf_SuperSecretToken123"
-    proc = run_cli(
+    cli_ok(
         "+experiment=quickstart",
         "logger=wandb",
         "limit=10",
         f"hydra.run.dir={run_dir}",
         env={"HF_TOKEN": secret, "WANDB_API_KEY": "wandbsecret" * 4},
     )
-    assert proc.returncode == 0, proc.stderr
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     for path in run_dir.rglob("*"):
@@ -142,8 +134,7 @@ def test_wandb_offline_logs_without_secrets(tmp_path):
 
 
 def test_multirun_over_seeds(tmp_path):
-    proc = run_cli("-m", "+experiment=quickstart", "limit=8", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr
+    cli_ok("-m", "+experiment=quickstart", "limit=8", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]
     assert [r["seed"] for r in results] == [0, 1]
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from autoglm_bench.config import compose
 from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
-from .conftest import read_results, run_cli
+from .conftest import run_ok
 
 # Soft prompts need a far larger step than weights do.
 LR = {"full": 3e-3, "lora": 1e-2, "prefix": 3e-2, "prompt_tuning": 3e-1}
@@ -61,7 +61,7 @@ def mean(values: list[float]) -> float:
 
 @pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt_tuning"])
 def test_each_peft_method_trains_only_its_parameters(peft, tmp_path, model_cache):
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     run = compose(finetune_overrides(peft))
     snap = Snapshot()
@@ -91,7 +91,7 @@ def test_each_peft_method_trains_only_its_parameters(peft, tmp_path, model_cache
 
 @pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt_tuning"])
 def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     run = compose([*finetune_overrides(peft, task="sst2", steps=10), f"data_dir={data_dir}", "limit=64"])
     out = finetune(run, tmp_path)
@@ -102,11 +102,7 @@ def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
 
 def test_cli_learns_the_toy_task_and_records_training(tmp_path):
     """The full user path: fine-tune from chance to near-perfect accuracy, results.json has every field."""
-    proc = run_cli(
-        "+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40", f"hydra.run.dir={tmp_path}", env=ONE_THREAD
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = read_results(tmp_path)
+    result = run_ok(tmp_path, "+experiment=toy_tiny_glm_finetune", "limit=160", "dev_size=40", env=ONE_THREAD)
     assert result["status"] == "completed" and result["method"] == "finetune"
     assert result["metrics"]["acc"] >= 0.9, result["metrics"]
     training = result["training"]
@@ -123,7 +119,7 @@ def test_cli_learns_the_toy_task_and_records_training(tmp_path):
 
 
 def test_lora_adapter_is_saved_as_safetensors_and_tokens_are_cached(tmp_path, model_cache):
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     run = compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null", "split_seed=7"])
     cached = model_cache / "tokenized"
@@ -144,7 +140,7 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(every, 
     """Two epochs (12 steps each) straight through, keeping checkpoints; then a second run resumes from
     the first one kept (mid-epoch at step 5, or at the end of epoch 0). From there on the resumed run
     has the same per-step losses, the same final loss and the same eval metrics."""
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     mid = tmp_path / "mid"
     keep = (
@@ -169,13 +165,13 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(every, 
 
 def doubled_loss(logits, labels):
     """A custom loss for the test below: twice the built-in one."""
-    from autoglm_bench.train.module import answer_loss
+    from autoglm_bench.methods.finetune.module import answer_loss
 
     return 2 * answer_loss(logits, labels)
 
 
 def test_custom_loss_by_dotted_path(tmp_path):
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     common = [*finetune_overrides("full", steps=1), "trainer.checkpoint=false", "method.save_model=false"]
     base = finetune(compose(common), tmp_path / "a", evaluate=False)
@@ -187,7 +183,7 @@ def test_custom_loss_by_dotted_path(tmp_path):
 
 
 def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     run = compose(
         [
@@ -213,7 +209,7 @@ def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
 def test_minilm_classification_head_trains_with_each_peft_method(peft, tmp_path):
     """The real pretrained MiniLM with a classification head: only the intended weights move (the head
     always trains), and eval metrics come from the head's class scores."""
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     run = compose(
         [
@@ -245,7 +241,7 @@ def test_readme_lora_example_learns_the_toy_task(tmp_path):
     """The README's LoRA command (`+experiment=toy_tiny_glm_lora`) goes from chance to near-perfect
     accuracy on the held-out rows, as full fine-tuning does (peft=lora with PEFT's default q_proj/v_proj
     targets stays at 0.50 on the randomly initialised tiny_glm: see the experiment file)."""
-    from autoglm_bench.train.run import finetune
+    from autoglm_bench.methods.finetune.run import finetune
 
     run = compose(["+experiment=toy_tiny_glm_lora", "logger=none", "method.save_model=false"])
     out = finetune(run, tmp_path)
@@ -269,7 +265,7 @@ def test_fused_adamw_clips_under_bf16_mixed_precision():
     from transformers import Glm4Config, Glm4ForCausalLM
 
     from autoglm_bench.config import OptimConfig
-    from autoglm_bench.train.module import FinetuneModule
+    from autoglm_bench.methods.finetune.module import FinetuneModule
 
     torch.manual_seed(0)
     config = Glm4Config(

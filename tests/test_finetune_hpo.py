@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import optuna
 
-from .conftest import read_results, run_cli
+from .conftest import run_ok
 
 
 def test_eight_trial_search_with_pruning(tmp_path):
-    proc = run_cli(
-        "+experiment=toy_tiny_glm_finetune_hpo",
-        f"hydra.run.dir={tmp_path}",
-        "logger=none",
-        timeout=900,
-        env={"OMP_NUM_THREADS": "1"},
+    result = run_ok(
+        tmp_path, "+experiment=toy_tiny_glm_finetune_hpo", "logger=none", timeout=900, env={"OMP_NUM_THREADS": "1"}
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = read_results(tmp_path)
     hpo = result["hpo"]
     study = optuna.load_study(study_name=hpo["study_name"], storage=f"sqlite:///{tmp_path / 'study.db'}")
     states = [t.state for t in study.trials]

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 
-import optuna
-
-from .conftest import run_cli
+from .conftest import cli_ok, study_of
 
 
 def test_optuna_sweeper_runs_trials_as_jobs_and_prunes(tmp_path):
-    proc = run_cli(
+    cli_ok(
         "-m",
         "hydra/sweeper=optuna",
         "+experiment=toy_tiny_glm_finetune",
@@ -27,9 +25,7 @@ def test_optuna_sweeper_runs_trials_as_jobs_and_prunes(tmp_path):
         env={"OMP_NUM_THREADS": "1"},
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    study = study_of(tmp_path)
     states = [t.state.name for t in study.trials]
     assert len(states) == 8 and "PRUNED" in states and "COMPLETE" in states, states
     for trial in study.trials:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_bench.train.callbacks import training_flops
+from autoglm_bench.methods.finetune.callbacks import training_flops
 
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 16, 24, 2, 2, 1, 8, 64
 SEQ_LENS = [5, 3]  # real tokens of the two sequences of a batch

@@ -17,9 +17,9 @@ import lm_eval
 import pytest
 
 from autoglm_bench.config import ModelConfig, compose
-from autoglm_bench.evaluate import run_evaluate
 from autoglm_bench.lm.tiny_glm import build_tiny_glm
-from autoglm_bench.tasks import normalise_answer
+from autoglm_bench.methods.evaluate import run_evaluate
+from autoglm_bench.metrics import normalise_answer
 
 from .conftest import openai_model
 

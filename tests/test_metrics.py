@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoglm_bench.config import TaskConfig
-from autoglm_bench.tasks import compute_metrics, extract_answer, macro_f1, normalise_answer
+from autoglm_bench.metrics import compute_metrics, extract_answer, macro_f1, normalise_answer
 
 
 def test_acc_and_acc_norm_match_lm_eval_definitions():

@@ -10,7 +10,7 @@ from autoglm_bench.config import ConfigError, ModelConfig
 from autoglm_bench.lm import load
 from autoglm_bench.lm.tiny_glm import build_tiny_glm
 
-from .conftest import read_results, run_cli
+from .conftest import run_ok
 
 
 def test_tiny_glm_is_deterministic_from_the_seed(tmp_path, monkeypatch):
@@ -39,9 +39,7 @@ def test_tiny_glm_tokenizer_and_config(tiny_lm):
 
 def test_hf_model_from_a_local_folder(tmp_path, tiny_lm):
     folder = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm"))
-    proc = run_cli("model=hf", f"model.path={folder}", "limit=4", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr
-    assert read_results(tmp_path)["model"] == "hf"
+    assert run_ok(tmp_path, "model=hf", f"model.path={folder}", "limit=4")["model"] == "hf"
 
 
 def test_pickle_weights_refused_unless_allowed(tmp_path, tiny_lm):

@@ -13,9 +13,9 @@ pytest.importorskip("httpx")
 from omegaconf import OmegaConf  # noqa: E402
 
 from autoglm_bench.config import ConfigError, compose  # noqa: E402
-from autoglm_bench.evaluate import run_evaluate  # noqa: E402
+from autoglm_bench.methods.evaluate import run_evaluate  # noqa: E402
 
-from .conftest import cache_rows, kill_once_cached, openai_model, read_results, run_cli  # noqa: E402
+from .conftest import cache_rows, kill_once_cached, openai_model, read_results, run_ok
 from .fault_proxy import FaultProxy  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -137,11 +137,9 @@ def test_a_killed_run_resumes_sending_only_what_the_cache_lacks(served_tiny_glm,
         stored = cache_rows(cache)
         sent_before = len(proxy.prompts)
         proxy.reset()
-        resumed = run_cli(*args, f"hydra.run.dir={tmp_path / 'resumed'}", env=ONE_THREAD)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        out = run_ok(tmp_path / "resumed", *args, env=ONE_THREAD)
     finally:
         proxy.stop()
-    out = read_results(tmp_path / "resumed")
     distinct = out["cost"]["examples_scored"] + stored
     assert 0 < stored < distinct, f"kill the run while its cache holds some but not all rows: {stored}/{distinct}"
     assert sent_before >= 2 * stored

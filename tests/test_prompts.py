@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from autoglm_bench.config import ConfigError, compose
+from autoglm_bench.data.tasks import load_task
 from autoglm_bench.prompts import prompt_text, render, render_examples, select_demos
-from autoglm_bench.tasks import load_task
 
 
 def _toy(*overrides: str):

@@ -22,8 +22,8 @@ from autoglm_bench.report.__main__ import build_parser, make_report, parse_label
 from autoglm_bench.report.latex import render_latex
 from autoglm_bench.report.views import render_csv, render_lmeval, render_markdown
 
-from .conftest import run_cli
-from .constructed_runs import seed_runs, write_run
+from .conftest import cli_ok, run_cli
+from .constructed_runs import mcnemar_by_hand, seed_runs, write_run
 
 
 def report_of(*argv: str):
@@ -105,11 +105,6 @@ def test_audit_case_2_cb_two_seeds_far_apart(tmp_path):
     assert float(row["p_vs_baseline"]) == pytest.approx(seed_level, abs=0.05) and row["significant"] == "false"
 
 
-def mcnemar_hand(a_only: int, b_only: int) -> float:
-    d = a_only + b_only
-    return min(1.0, 2 * sum(math.comb(d, k) for k in range(min(a_only, b_only) + 1)) / 2**d)
-
-
 def test_holm_on_a_hand_computed_table(tmp_path):
     """Four one-run cells against a baseline, each with raw McNemar p < 0.05; Holm keeps only the smallest."""
     base = np.r_[np.ones(20), np.zeros(20)]
@@ -121,7 +116,7 @@ def test_holm_on_a_hand_computed_table(tmp_path):
         run[20 : 20 + b_only] = 1  # wrong in the baseline, right here
         cells[tag] = [run]
     write_cells(tmp_path, cells)
-    raw = {tag: mcnemar_hand(*ab) for tag, ab in discordant.items()}
+    raw = {tag: mcnemar_by_hand(*ab) for tag, ab in discordant.items()}
     assert max(raw.values()) < 0.05
     ordered = sorted(raw, key=raw.get)
     holm, running = {}, 0.0
@@ -301,10 +296,9 @@ def test_compare_interval_agrees_with_mcnemar_and_labels_runs_by_their_differenc
     other[0] = 0  # a_only = 1: McNemar p = 0.070 with 7 b_only, 0.039 with 8
     write_run(tmp_path / "a", base, **{"trainer.max_epochs": 1}, seed=2)
     write_run(tmp_path / "b", other, **{"trainer.max_epochs": 3}, seed=2)
-    proc = run_cli(str(tmp_path / "a"), str(tmp_path / "b"), module="autoglm_bench.compare")
-    assert proc.returncode == 0, proc.stderr
+    proc = cli_ok(str(tmp_path / "a"), str(tmp_path / "b"), module="autoglm_bench.compare")
     p = float(re.search(r"exact McNemar .*, p = (\S+)", proc.stdout).group(1))
     lo, hi = map(float, re.search(r"95% CI \[(\S+), (\S+)\]", proc.stdout).groups())
-    assert p == pytest.approx(mcnemar_hand(1, b_only), rel=1e-5)
+    assert p == pytest.approx(mcnemar_by_hand(1, b_only), rel=1e-5)
     assert (p < 0.05) == significant == (lo > 0 or hi < 0)
     assert "A: " in proc.stdout and "(trainer.max_epochs=1)" in proc.stdout and "(trainer.max_epochs=3)" in proc.stdout

@@ -11,17 +11,16 @@ import pytest
 
 from autoglm_bench.config import ConfigError, compose
 from autoglm_bench.lm import RequestCache
-from autoglm_bench.search.evaluation import minibatch_ends
+from autoglm_bench.methods.prompt_search.evaluation import minibatch_ends
 
-from .conftest import read_results, start_cli
-from .conftest import run_cli as _run_cli
-
-# One torch thread: for a model this small, more threads only add synchronisation (and CI shares cores).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+from .conftest import cli_ok, read_results, run_cli, run_ok, start_cli
 
 
-def run_cli(*args: str):
-    return _run_cli(*args, env=ONE_THREAD)
+@pytest.fixture(autouse=True)
+def one_thread_commands(monkeypatch):
+    """Commands run on one torch thread: for a model this small, more threads only add synchronisation (and CI
+    shares cores)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 # A small space on the shipped toy task: 2 instructions+none x 2 templates x 2 shots x 2 selections.
@@ -110,8 +109,7 @@ def test_bad_search_config_is_one_line_error(override, message):
 
 def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
     args = [*SMALL, "search.n_trials=4", f"method.cache_path={tmp_path / 'cache.sqlite'}"]
-    first = run_cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
-    assert first.returncode == 0, first.stderr
+    first = cli_ok(*args, f"hydra.run.dir={tmp_path / 'a'}")
     a = read_results(tmp_path / "a")
     for name in ("best_prompt.txt", "trials.csv", "optimization_history.png", "param_importances.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0, name
@@ -129,11 +127,9 @@ def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
     trial_lines = [line for line in first.stdout.splitlines() if line.startswith("trial ")]
     assert len(trial_lines) == 4  # the terminal shows each trial, and so does the run's log file
     log = (tmp_path / "a" / "toy_sentiment.log").read_text()
-    assert all(f"[autoglm_bench.search.outputs][INFO] - {line}\n" in log for line in trial_lines), log
+    assert all(f"[autoglm_bench.methods.prompt_search.outputs][INFO] - {line}\n" in log for line in trial_lines), log
 
-    second = run_cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
-    assert second.returncode == 0, second.stderr
-    b = read_results(tmp_path / "b")
+    b = run_ok(tmp_path / "b", *args)
     assert b["cost"]["examples_scored"] == 0
     assert b["cost"]["cache_hits"] == a["cost"]["examples_requested"] > 0
     assert b["metrics"] == a["metrics"] and b["search"]["best"] == a["search"]["best"]
@@ -143,7 +139,7 @@ def test_search_writes_outputs_and_second_run_is_all_cache_hits(tmp_path):
 def test_bad_config_or_storage_on_rerun_loses_no_finished_trial(tmp_path):
     run_dir = tmp_path / "run"
     args = [*SMALL, "search.n_trials=2", "search.space.k_shot=[0]", f"hydra.run.dir={run_dir}"]
-    assert run_cli(*args).returncode == 0
+    cli_ok(*args)
     before = [(t.number, t.values) for t in finished_trials(run_dir)]
     for bad in (
         "search.pruner=annealing",
@@ -171,7 +167,7 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
     ]
     proc = start_cli(
         *args,
-        env={"PYTHONUNBUFFERED": "1", **ONE_THREAD},
+        env={"PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -197,8 +193,7 @@ def test_sigkill_mid_search_then_rerun_finishes_exactly_n_trials(tmp_path):
     assert len(kept) == 2
     time.sleep(2.5)  # past the heartbeat grace period (2 x heartbeat_s), as any real rerun would be
 
-    rerun = run_cli(*args)
-    assert rerun.returncode == 0, rerun.stderr
+    cli_ok(*args)
     trials = finished_trials(run_dir)
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6
@@ -228,7 +223,7 @@ def trained_model() -> Path:
 
 def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path, trained_model):
     run_dir = tmp_path / "run"
-    proc = run_cli(
+    cli_ok(
         "method=prompt_search",
         "search=tpe",
         "dev_size=100",
@@ -244,7 +239,6 @@ def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path
         "search.enqueue=[{verbalizer:task},{verbalizer:swapped}]",
         f"hydra.run.dir={run_dir}",
     )
-    assert proc.returncode == 0, proc.stderr
     good, bad = finished_trials(run_dir)
     assert good.params["verbalizer"] == "task" and good.state.name == "COMPLETE" and good.value > 0.7
     assert good.user_attrs["dev_examples"] == 100
@@ -254,16 +248,15 @@ def test_wilcoxon_prunes_swapped_label_words_before_the_whole_dev_split(tmp_path
 
 
 def test_nsga2_two_objectives_and_grid_is_exhaustive(tmp_path):
-    nsga = run_cli(
+    cli_ok(
         *SMALL, "search=nsga2", "search.n_trials=3", "search.space.k_shot=[0,1]", f"hydra.run.dir={tmp_path / 'nsga'}"
     )
-    assert nsga.returncode == 0, nsga.stderr
     assert (tmp_path / "nsga" / "pareto_front.png").stat().st_size > 0
     assert all(
         len(t.values) == 2 and t.values[1] == t.user_attrs["prompt_tokens"] > 0
         for t in finished_trials(tmp_path / "nsga")
     )
-    grid = run_cli(
+    cli_ok(
         *SMALL,
         "search=grid",
         "search.space.instructions=[none]",
@@ -271,15 +264,14 @@ def test_nsga2_two_objectives_and_grid_is_exhaustive(tmp_path):
         "search.space.demo_selection=[random]",
         f"hydra.run.dir={tmp_path / 'grid'}",
     )
-    assert grid.returncode == 0, grid.stderr
     assert sorted(t.params["template"] for t in finished_trials(tmp_path / "grid")) == ["default", "question"]
 
 
 def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
-    from autoglm_bench.search.proposal import propose_instruction
+    from autoglm_bench.methods.prompt_search.proposal import propose_instruction
 
     run_dir = tmp_path / "run"
-    proc = run_cli(
+    cli_ok(
         *SMALL,
         "search=random",
         "search.n_trials=3",
@@ -289,7 +281,6 @@ def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
         "search.enqueue=[{instruction:Rate the review.},{instruction:proposed},{instruction:proposed}]",
         f"hydra.run.dir={run_dir}",
     )
-    assert proc.returncode == 0, proc.stderr
     first, *proposed = finished_trials(run_dir)
     shown = f"Instruction: Rate the review.\nAccuracy: {100 * first.value:.1f}%"
     for trial in proposed:
@@ -302,9 +293,9 @@ def test_proposed_instructions_see_earlier_scores(tmp_path, tiny_lm):
 
 def test_nearest_demos_pick_the_most_similar_rows():
     from autoglm_bench.config import PromptConfig
+    from autoglm_bench.data.tasks import load_task
     from autoglm_bench.lm.hf import minilm_embedder
     from autoglm_bench.prompts import nearest_demos
-    from autoglm_bench.tasks import load_task
 
     task = load_task(compose(["task=toy_sentiment"]).task, None, limit=5)
     task.rows["train"] = task.rows["train"][:50] + task.rows["eval"][:2]  # the queries themselves are in the pool
@@ -317,7 +308,7 @@ def test_nearest_demos_pick_the_most_similar_rows():
 @pytest.mark.parametrize(("sampler", "pruner"), [("gp", "successive_halving"), ("random", "hyperband")])
 def test_halving_pruners_see_running_accuracy_at_minibatch_ends(tmp_path, sampler, pruner):
     run_dir = tmp_path / "run"
-    proc = run_cli(
+    cli_ok(
         *SMALL,
         f"search={sampler}",
         f"search.pruner={pruner}",
@@ -325,7 +316,6 @@ def test_halving_pruners_see_running_accuracy_at_minibatch_ends(tmp_path, sample
         "search.space.demo_selection=[random]",
         f"hydra.run.dir={run_dir}",
     )
-    assert proc.returncode == 0, proc.stderr
     trials = finished_trials(run_dir)
     assert len(trials) == 3 and read_results(run_dir)["search"]["sampler"] == sampler
     for t in trials:
@@ -351,7 +341,7 @@ def test_demo_settings_are_asked_only_when_they_matter_and_no_prompt_set_is_scor
     """k_shot=0 has no demos to select or order and one demo has no order, so those trials do not ask for
     them; a trial whose rendered prompts equal an earlier trial's takes that trial's value, scoring nothing."""
     run_dir = tmp_path / "run"
-    proc = run_cli(
+    proc = cli_ok(
         "method=prompt_search",
         "search=tpe",
         "dev_size=100",
@@ -364,7 +354,6 @@ def test_demo_settings_are_asked_only_when_they_matter_and_no_prompt_set_is_scor
         "search.pruner=none",
         f"hydra.run.dir={run_dir}",
     )
-    assert proc.returncode == 0, proc.stderr
     trials = finished_trials(run_dir)
     assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
     first_of: dict[tuple, object] = {}  # the prompt a trial renders: k, and the demo settings that apply
@@ -390,9 +379,9 @@ def test_search_plots_name_task_model_split_sampler_and_dev_axes():
     """The figures as drawn (before saving): titled with what was searched, axes saying they show dev values."""
     import optuna
 
-    from autoglm_bench.search.outputs import plot_about, plot_figure
-    from autoglm_bench.search.space import PromptSpace
-    from autoglm_bench.tasks import load_task
+    from autoglm_bench.data.tasks import load_task
+    from autoglm_bench.methods.prompt_search.outputs import plot_about, plot_figure
+    from autoglm_bench.methods.prompt_search.space import PromptSpace
 
     run = compose(["method=prompt_search", "search=nsga2", "search.space.k_shot=[0,1,2]"])
     space = PromptSpace.from_config(run.search.space, load_task(run.task, None).cfg)

@@ -102,7 +102,7 @@ def test_every_endpoint_answers(client):
 def test_classify_equals_the_harness_predictions(k_shot, model_cache):
     """The same rows through method=evaluate and through /classify (sent concurrently, so they are batched
     differently): the same predicted label for every row, log-likelihoods equal to float precision."""
-    from autoglm_bench.evaluate import run_evaluate
+    from autoglm_bench.methods.evaluate import run_evaluate
 
     overrides = [f"prompt.k_shot={k_shot}", "limit=12", "dev_size=8"]
     run = compose([*BASE, *overrides])
@@ -124,8 +124,8 @@ def test_classify_equals_the_harness_predictions(k_shot, model_cache):
 
 def _test_rows(run):
     from autoglm_bench.config import resolve_data_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
+    from autoglm_bench.data.splits import split_task
+    from autoglm_bench.data.tasks import load_task
 
     task = load_task(run.task, resolve_data_dir(run.data_dir))
     return split_task(task, run.split_seed, run.dev_size, run.limit).test

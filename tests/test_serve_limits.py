@@ -300,7 +300,7 @@ def test_tasks_and_demo_pools_load_at_start_never_on_a_request(model_cache, monk
     """Before: naming any task made the server compose it and load its data (from the hub without a data
     folder: 17.8 s for sst2). Now every served task is loaded at start; loading data during requests fails
     this test, and a task that is not served is a 404 at once."""
-    import autoglm_bench.tasks
+    import autoglm_bench.data.tasks
 
     srv = start("prompt.k_shot=2")
     try:
@@ -309,7 +309,7 @@ def test_tasks_and_demo_pools_load_at_start_never_on_a_request(model_cache, monk
         def no_loading(*args, **kwargs):
             raise AssertionError("task data loaded during a request")
 
-        monkeypatch.setattr(autoglm_bench.tasks, "load_task", no_loading)
+        monkeypatch.setattr(autoglm_bench.data.tasks, "load_task", no_loading)
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert c.post("/classify", json={"input": {"text": "a fine film"}}).status_code == 200
             assert c.get("/tasks").json()["tasks"] == ["toy_sentiment"]

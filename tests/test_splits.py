@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from autoglm_bench.config import compose
-from autoglm_bench.evaluate import run_evaluate
-from autoglm_bench.splits import split_task
-from autoglm_bench.tasks import Task, load_task
+from autoglm_bench.data.splits import split_task
+from autoglm_bench.data.tasks import Task, load_task
+from autoglm_bench.methods.evaluate import run_evaluate
 
 
 def toy() -> Task:

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binomtest
 
 from autoglm_bench import stats
-from autoglm_bench.tasks import macro_f1
+from autoglm_bench.metrics import macro_f1
 
 
 def mc_predictions(targets, predicted, n_choices=2):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from autoglm_bench.config import compose, group_options, resolve_data_dir
-from autoglm_bench.evaluate import run_evaluate
+from autoglm_bench.data.tasks import load_task
+from autoglm_bench.methods.evaluate import run_evaluate
 from autoglm_bench.prompts import prompt_text, render_examples
-from autoglm_bench.tasks import load_task
 
 REAL_TASKS = [t for t in group_options("task") if t not in ("toy_sentiment", "toy_shapes", "digits")]
 EXPECTED_ROWS = {"sst2": 872, "rte": 277, "boolq": 3270, "cb": 56, "copa": 100, "ag_news": 7600, "gsm8k": 1319}

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from autoglm_bench.config import ModelConfig, compose
-from autoglm_bench.images import ImageError, ImageLimits, data_url, encode_png, image_digest, load_image
-from autoglm_bench.tasks import load_task
+from autoglm_bench.data.images import ImageError, ImageLimits, data_url, encode_png, image_digest, load_image
+from autoglm_bench.data.tasks import load_task
 
 IMAGE = "<|begin_of_image|><|image|><|end_of_image|>"
 
@@ -249,7 +249,7 @@ def test_lm_eval_hf_multimodal_generates_what_we_generate(glm4v, shapes, tmp_pat
 
 def test_an_image_task_is_not_scored_as_text_alone(model_cache):
     from autoglm_bench.config import ConfigError
-    from autoglm_bench.evaluate import run_evaluate
+    from autoglm_bench.methods.evaluate import run_evaluate
 
     with pytest.raises(ConfigError, match="task 'toy_shapes' has image fields \\(image\\)"):
         run_evaluate(compose(["task=toy_shapes", "limit=2"]))

@@ -233,7 +233,7 @@ def _report(args: argparse.Namespace, model_dir: Path, threads: int, runs: dict[
     a, b = ours[0]["lls"], theirs[0]["lls"]
     if len(a) != len(b):
         raise SystemExit(f"error: ours scored {len(a)} examples, lm-eval {len(b)}")
-    same = sum(_argmax(x) == _argmax(y) for x, y in zip(a, b))
+    same = sum(argmax(x) == argmax(y) for x, y in zip(a, b))
     diff = max(abs(u - v) for x, y in zip(a, b) for u, v in zip(x, y))
     print(
         f"lmeval benchmark: task={args.task} shots={args.shots} examples={len(a)} model={model_dir.name} "
@@ -254,7 +254,7 @@ def _report(args: argparse.Namespace, model_dir: Path, threads: int, runs: dict[
     print(f"agreement: identical predictions {same}/{len(a)}; max |log-likelihood difference| = {diff:.2e}")
 
 
-def _argmax(values: list[float]) -> int:
+def argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 

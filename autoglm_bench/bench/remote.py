@@ -170,13 +170,13 @@ def timed(name: str, command: list[str], env: dict[str, str], work: Path) -> dic
 
 
 def report(args: argparse.Namespace, model: str, runs: dict[str, list[dict[str, Any]]]) -> None:
-    from autoglm_bench.bench.lmeval import _argmax
+    from autoglm_bench.bench.lmeval import argmax
 
     ours, theirs = runs["ours"], runs["lm-eval"]
     a, b = ours[0]["lls"], theirs[0]["lls"]
     if len(a) != len(b):
         raise SystemExit(f"error: ours scored {len(a)} examples, lm-eval {len(b)}")
-    same = sum(_argmax(x) == _argmax(y) for x, y in zip(a, b))
+    same = sum(argmax(x) == argmax(y) for x, y in zip(a, b))
     diff = max(abs(u - v) for x, y in zip(a, b) for u, v in zip(x, y))
     cost = ours[0]["cost"]
     print(

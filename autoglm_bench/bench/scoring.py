@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from autoglm_bench.config import compose, resolve_data_dir
+    from autoglm_bench.data.tasks import load_task
     from autoglm_bench.lm import load
     from autoglm_bench.prompts import prompt_text, render_examples
     from autoglm_bench.scoring import loglikelihood, loglikelihood_naive
-    from autoglm_bench.tasks import load_task
 
     overrides = [f"task={args.task}", f"model={args.model}", f"prompt.k_shot={args.k_shot}", *args.override]
     if args.data_dir:

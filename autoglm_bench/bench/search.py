@@ -63,11 +63,11 @@ def run_study(
 
     import optuna
 
-    from autoglm_bench.evaluate import choice_predictions
     from autoglm_bench.lm import CachedLM, RequestCache
-    from autoglm_bench.search.evaluation import Evaluator, demo_pool
-    from autoglm_bench.search.space import candidate_from_params
-    from autoglm_bench.search.study import Objective, best_trial
+    from autoglm_bench.methods.evaluate import choice_predictions
+    from autoglm_bench.methods.prompt_search.evaluation import Evaluator, demo_pool
+    from autoglm_bench.methods.prompt_search.space import candidate_from_params
+    from autoglm_bench.methods.prompt_search.study import Objective, best_trial
     from autoglm_bench.studies import make_pruner, make_sampler
 
     search = dataclasses.replace(run.search, sampler=sampler, pruner=pruner)
@@ -89,7 +89,7 @@ def run_study(
         ),
     )
     start = time.perf_counter()
-    study.optimize(Objective(run, space, evaluator, splits, None), n_trials=n_trials)
+    study.optimize(Objective(run.search, space, evaluator, splits, None), n_trials=n_trials)
     seconds = time.perf_counter() - start
     scored = evaluator.scored
     best = best_trial(study)
@@ -124,11 +124,10 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from autoglm_bench.config import compose
+    from autoglm_bench.data.prepare import prepare
     from autoglm_bench.lm import load
+    from autoglm_bench.methods.prompt_search.space import PromptSpace
     from autoglm_bench.results import git_commit
-    from autoglm_bench.search.space import PromptSpace
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -147,8 +146,8 @@ def run(args: argparse.Namespace) -> None:
             *args.override,
         ]
     )
-    task = load_task(cfg.task, None)
-    splits = split_task(task, cfg.split_seed, cfg.dev_size)
+    prep = prepare(cfg, data_dir=None, limit=None)
+    task, splits = prep.task, prep.splits
     space = PromptSpace.from_config(cfg.search.space, task.cfg)
     lm = load(cfg.model)
     print(

@@ -38,14 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from autoglm_bench.config import compose, resolve_data_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
+    from autoglm_bench.config import compose
+    from autoglm_bench.data.prepare import prepare
 
     overrides = [f"task={args.task}", f"model={args.model}", *args.override]
     cfg = compose(overrides)
-    task = load_task(cfg.task, resolve_data_dir(cfg.data_dir))
-    rows = split_task(task, cfg.split_seed, cfg.dev_size, cfg.limit).test
+    prep = prepare(cfg)
+    rows = prep.splits.test
     inputs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     levels = [int(c) for c in args.clients.split(",")]
     modes = {"off": ["serve.batch_size=1"], "on": [f"serve.batch_size={args.batch_size}"]}

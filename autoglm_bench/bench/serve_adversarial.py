@@ -88,9 +88,8 @@ class Outcome:
 
 
 def run(args: argparse.Namespace) -> None:
-    from autoglm_bench.config import compose, resolve_data_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
+    from autoglm_bench.config import compose
+    from autoglm_bench.data.prepare import prepare
 
     overrides = [f"task={args.task}", f"model={args.model}", "serve.tasks=[gsm8k]", *args.override]
     token = None
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
         os.environ[TOKEN_ENV] = token  # the server process inherits it
         overrides += ["serve.policy=priority", f"serve.api_key_env={TOKEN_ENV}"]
     cfg = compose(overrides)
-    rows = split_task(load_task(cfg.task, resolve_data_dir(cfg.data_dir)), cfg.split_seed, cfg.dev_size, cfg.limit).test
+    rows = prepare(cfg).splits.test
     inputs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     print(
         f"serve adversarial benchmark: task={args.task} model={args.model}, {args.seconds:g} s, {args.clients} normal "

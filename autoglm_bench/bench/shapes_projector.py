@@ -49,13 +49,13 @@ def train_shapes_text_glm(
     """tiny_glm (``seed``) trained on toy_shapes scenes written as words, asked ``questions`` (see the
     module docstring); cached; returns its folder. Deterministic: torch runs on one thread here."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..config import ModelConfig
+    from ..data.synthetic_images import COUNTS, QUADRANTS, QUESTIONS, SIZE, shape_scene
+    from ..lm.hf import load_local
     from ..lm.tiny_glm import build_tiny_glm
     from ..paths import cache_dir
-    from ..synthetic_images import COUNTS, QUADRANTS, QUESTIONS, SIZE, shape_scene
-    from .task_glm import _save
+    from .task_glm import save_model
 
     source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
     spec = [SHAPES_TEXT_RECIPE, source.name, sorted(questions), steps, lr, batch_size, seed]
@@ -78,12 +78,11 @@ def train_shapes_text_glm(
         ctx = tokenizer(" ".join(slots) + f"\n{question}\nAnswer:")["input_ids"]
         return ctx + tokenizer(" " + options[label])["input_ids"], len(ctx)
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model, tokenizer = load_local(source)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         for _ in range(steps):
             ids, labels = _batch([text_example() for _ in range(batch_size)], tokenizer.pad_token_id)
@@ -93,7 +92,7 @@ def train_shapes_text_glm(
             optimizer.step()
     finally:
         torch.set_num_threads(threads)
-    _save(model, tokenizer, target)
+    save_model(model, tokenizer, target)
     return target
 
 
@@ -195,13 +194,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModelForImageTextToText
 
     from ..config import ModelConfig, compose
-    from ..images import load_image
+    from ..data.images import load_image
+    from ..data.tasks import load_task
+    from ..lm.hf import load_local
     from ..lm.tiny_glm4v import build_tiny_glm4v
     from ..lm.vlm import load_processor
-    from ..tasks import load_task
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -210,7 +209,7 @@ def run(args: argparse.Namespace) -> None:
     text_s = time.perf_counter() - start
     folder = build_tiny_glm4v(ModelConfig(name="tiny_glm4v", kind="tiny_glm4v", seed=args.seed), language_model=lm)
     processor = load_processor(str(folder), "glm4v")
-    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    model, _ = load_local(folder, "image_text")
     overrides = [f"task.options.questions=[{args.questions}]", f"task.options.train_size={args.train_size}"]
     task = load_task(compose(["task=toy_shapes", *overrides]).task, None)
     root = task.hook.image_root(None)

@@ -5,7 +5,7 @@
 A random-init tiny_glm predicts one class whatever the prompt, so zero-shot, few-shot and prompt search
 would all tie at chance. This trains the tiny_glm architecture (:func:`autoglm_bench.lm.tiny_glm.build_tiny_glm`:
 a ``Glm4ForCausalLM`` from a config, with the locally trained byte-level BPE tokenizer) on the TRAIN PART
-of each task, as the split protocol defines it (:mod:`autoglm_bench.splits`: the train split less the
+of each task, as the split protocol defines it (:mod:`autoglm_bench.data.splits`: the train split less the
 ``dev_size`` dev rows drawn with ``split_seed``), so the dev rows every selection reads and the test rows
 that are reported stay unseen. A task without a train split (BoolQ in the offline data) cannot be
 trained on and is refused.
@@ -198,7 +198,7 @@ def _answer_loss_backward(model: Any, ids: list[list[int]], labels: list[list[in
     return total
 
 
-def _save(model: Any, tokenizer: Any, target: Path, extra: dict[str, Any] | None = None) -> None:
+def save_model(model: Any, tokenizer: Any, target: Path, extra: dict[str, Any] | None = None) -> None:
     """Write the model (safetensors) and tokenizer to ``target`` atomically (a staging folder renamed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
@@ -230,10 +230,9 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     >>> run = compose(["model=hf", f"model.path={path}"])  # doctest: +SKIP
     """
     from autoglm_bench.config import ModelConfig, compose
+    from autoglm_bench.data.prepare import prepare
     from autoglm_bench.lm.tiny_glm import build_tiny_glm
     from autoglm_bench.paths import cache_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
 
     source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
     spec = [TRAIN_RECIPE, source.name, steps, seed, lr, batch_size]
@@ -241,12 +240,12 @@ def train_prompt_sensitive_glm(steps: int = 60, seed: int = 0, lr: float = 1e-2,
     if (target / "model.safetensors").is_file():
         return target
     run_cfg = compose(["task=toy_sentiment"])
-    task = load_task(run_cfg.task, None)
+    prep = prepare(run_cfg, data_dir=None, limit=None)
     # only the train part: the dev rows the search selects on stay unseen, as the test rows do
-    cfg, rows = task.cfg, split_task(task, run_cfg.split_seed, run_cfg.dev_size).train
+    cfg, rows = prep.task.cfg, prep.splits.train
     model, tokenizer = _load_float32(source)
     _train_loop(model, tokenizer, [(cfg, rows)], steps, seed, lr, batch_size, max_demos=2)
-    _save(model, tokenizer, target)
+    save_model(model, tokenizer, target)
     return target
 
 
@@ -295,10 +294,9 @@ def train_task_glm(
     import transformers
 
     from autoglm_bench.config import ConfigError, ModelConfig, TinyGlmConfig, compose, resolve_data_dir
+    from autoglm_bench.data.prepare import prepare
     from autoglm_bench.lm.tiny_glm import build_tiny_glm
     from autoglm_bench.paths import cache_dir
-    from autoglm_bench.splits import split_task
-    from autoglm_bench.tasks import load_task
 
     if not tasks:
         raise ConfigError("task-glm needs at least one task")
@@ -322,10 +320,10 @@ def train_task_glm(
                 f"task {name!r} has no train split (or is not multiple choice), so it cannot be "
                 f"trained on; its dev rows come from its eval split, which must stay unseen"
             )
-        task = load_task(run_cfg.task, folder)
         # only the train part of the split protocol: the dev rows every selection reads and the test rows
         # (the eval split) stay unseen
-        rows = split_task(task, split_seed, dev_size).train
+        prepared = prepare(run_cfg, folder, limit=None)
+        task, rows = prepared.task, prepared.splits.train
         if not rows:
             raise ConfigError(f"task {name!r}: no train rows left after the {dev_size} dev rows")
         sources.append((task.cfg, rows))
@@ -401,7 +399,7 @@ def train_task_glm(
             for i in range(0, steps, chunk)
         ],
     }
-    _save(model, tokenizer, target, record)
+    save_model(model, tokenizer, target, record)
     return target
 
 

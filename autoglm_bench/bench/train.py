@@ -5,7 +5,7 @@ loss on every token, the same all-ones attention mask) with AdamW, in the same p
 alike (``--compile``: our torch.compile, the Trainer's ``torch_compile=True``), each in a fresh process
 (so peak memory is each one's own). The table shows tokens/s over the timed steps (after warm-up steps,
 which include compilation), MFU against the GPU's dense bf16 peak (matmul FLOPs only, from
-:func:`autoglm_bench.train.callbacks.training_flops`, the count fine-tuning runs record too; n/a on a
+:func:`autoglm_bench.methods.finetune.callbacks.training_flops`, the count fine-tuning runs record too; n/a on a
 CPU, which has no meaningful datasheet peak), and peak memory (CUDA max allocated, or the process's max
 RSS on a CPU). ``--preset glm4_1p5b`` is the issue's GPU configuration (1.47B parameters, seq 1024, micro-batch
 8, bf16); the default on a CPU is ``tiny``.
@@ -120,7 +120,7 @@ def measure(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Train ``spec`` with one trainer ("ours" or "hf_trainer"); return its throughput and memory."""
     import torch
 
-    from autoglm_bench.train.callbacks import gpu_peak_flops, peak_memory_mb, training_flops
+    from autoglm_bench.methods.finetune.callbacks import gpu_peak_flops, peak_memory_mb, training_flops
 
     device = torch.device("cuda" if spec["gpu"] else "cpu")
     model, ids = build(spec)
@@ -156,7 +156,7 @@ def _train_ours(model: Any, ids: Any, spec: dict[str, Any], timer: dict[str, flo
     from torch.utils.data import DataLoader
 
     from autoglm_bench.config import OptimConfig
-    from autoglm_bench.train.module import FinetuneModule
+    from autoglm_bench.methods.finetune.module import FinetuneModule
 
     class Timer(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):

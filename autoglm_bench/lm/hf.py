@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ModelConfig
@@ -198,6 +199,18 @@ def load_encoder(path: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def load_local(folder: str | Path, kind: str = "causal") -> tuple[Any, Any]:
+    """A model folder this project wrote (a tiny model a benchmark trains), in float32 and safetensors only:
+    (model, tokenizer) for ``kind="causal"``, (model in eval mode, None) for ``kind="image_text"``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    if kind == "image_text":
+        return AutoModelForImageTextToText.from_pretrained(folder, use_safetensors=True).eval(), None
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def minilm_embedder(batch_size: int = 64) -> Callable[[list[str]], Any]:

@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ..__main__ import describe_hydra_error
-    from ..config import ConfigError, compose, validate_serve
+    from ..config import ConfigError, compose, describe_composition_error, validate_serve
 
     try:
         run = compose(argv)
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
         serve(run, argv)
     except (ConfigError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {describe_hydra_error(exc)}", file=sys.stderr)
+        print(f"error: {describe_composition_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         pass

@@ -2,7 +2,7 @@
 
 Every task request renders its input row with the task's template, instruction, demos and verbalizer
 (:func:`~autoglm_bench.prompts.render_examples`) and is scored by
-:func:`~autoglm_bench.evaluate.score_examples`, the function ``method=evaluate`` uses, so a classification
+:func:`~autoglm_bench.methods.evaluate.score_examples`, the function ``method=evaluate`` uses, so a classification
 equals the harness's prediction for the same row. Every limit (:mod:`.limits`) is checked before a request
 is queued; requests run in batches (:mod:`.scheduler`) on models from a pool that loads them off the worker
 (:mod:`.pool`); :mod:`.metrics` counts everything.
@@ -152,8 +152,8 @@ class Service:
         """One input row rendered exactly as the harness renders an eval row: (Example, has a gold target).
 
         A row without the target's fields is rendered with a placeholder target (the demos keep theirs)."""
+        from ..data.tasks import Task
         from ..prompts import render_examples
-        from ..tasks import Task
 
         cfg = state.task.cfg
         has_target = all(f in row for f in state.target_fields)
@@ -204,7 +204,7 @@ class Service:
         return results
 
     def _score(self, served: Served, key: Hashable, examples: list[Any]) -> tuple[list[Any], int]:
-        from ..evaluate import score_examples
+        from ..methods.evaluate import score_examples
         from ..prompts import chat_tokenizer, prompt_text
 
         state = self.tasks.states[key[2]]
@@ -233,10 +233,18 @@ class Service:
         return max(1, min(len(texts), self.run.serve.max_batch_tokens // longest))
 
     def _head(self, served: Served, key: Hashable, examples: list[Any]) -> tuple[list[Any], int]:
-        from ..train.run import classify
+        from ..methods.finetune.run import classify
 
         state = self.tasks.states[key[2]]
-        predictions, _, tokens = classify(served.head, served.tokenizer, state.task, state.run, examples, served.device)
+        predictions, _, tokens = classify(
+            served.head,
+            served.tokenizer,
+            state.task,
+            examples,
+            served.device,
+            state.run.method.eval_batch_size,
+            state.run.model.max_length,
+        )
         return predictions, tokens
 
     # ------------------------------------------------------------ request handlers
@@ -249,7 +257,7 @@ class Service:
 
     async def task(self, body: TaskRequest, authenticated: bool, only: str | None = None) -> dict[str, Any]:
         """/task (dispatch on the task's type and the model's kind) and /classify (``only`` multiple_choice)."""
-        from ..tasks import choice_prediction
+        from ..metrics import choice_prediction
 
         deadline = time.monotonic() + self.run.serve.request_timeout_s
         self.check_priority(body.priority, authenticated)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, RunConfig, compose, one_line
+from ..config import ConfigError, ModelConfig, RunConfig, compose, from_saved, one_line
 
 
 @dataclass
@@ -68,7 +68,6 @@ def checkpoint_spec(path: str, name: str) -> ModelSpec:
     """A finetune run directory as a servable model: its config and saved weights from results.json."""
     from omegaconf import OmegaConf
 
-    from ..config import validate
     from ..results import read_results
 
     folder = Path(path).expanduser()
@@ -81,7 +80,7 @@ def checkpoint_spec(path: str, name: str) -> ModelSpec:
         raise ConfigError(f"run directory {path!r} holds no saved fine-tuned model (method.save_model=true)")
     hydra_config = folder / ".hydra" / "config.yaml"  # written by the CLI; results.json redacts token-like keys
     saved_config = OmegaConf.load(hydra_config) if hydra_config.is_file() else _unredacted(record["config"])
-    run = validate(OmegaConf.merge(OmegaConf.structured(RunConfig), saved_config))
+    run = from_saved(saved_config, f"run directory {path!r}")
     if run.peft.method not in ("full", "lora"):
         raise ConfigError(f"serving a peft={run.peft.method} checkpoint is not supported; allowed: full, lora")
     return ModelSpec(name=name, cfg=run.model, checkpoint=run, weights=Path(saved))

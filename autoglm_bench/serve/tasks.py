@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import RunConfig, compose, resolve_data_dir
+from ..config import RunConfig, compose
 from .specs import ModelSpec
 
 TaskKey = tuple[str, str]  # (task name, the checkpoint whose own config it comes from, or "")
@@ -18,7 +18,7 @@ class TaskState:
 
     key: TaskKey
     run: RunConfig
-    task: Any  # autoglm_bench.tasks.Task; rows["train"] is the demo pool when prompt.k_shot > 0
+    task: Any  # autoglm_bench.data.tasks.Task; rows["train"] is the demo pool when prompt.k_shot > 0
     fields: list[str]  # the input fields the chosen template uses
     target_fields: list[str]  # the fields the gold target needs
 
@@ -60,14 +60,13 @@ def load_tasks(run: RunConfig, overrides: list[str], specs: dict[str, ModelSpec]
 
 
 def _load(run: RunConfig, key: TaskKey) -> TaskState:
-    from ..splits import split_task
-    from ..tasks import Task, load_task, make_hook
+    from ..data.prepare import prepare
+    from ..data.tasks import Task, make_hook
 
     cfg = run.task
     if run.prompt.k_shot > 0:
-        task = load_task(cfg, resolve_data_dir(run.data_dir))
-        splits = split_task(task, run.split_seed, run.dev_size, run.limit)
-        task = Task(cfg=cfg, hook=task.hook, rows={"train": splits.train})
+        prep = prepare(run)
+        task = Task(cfg=cfg, hook=prep.task.hook, rows={"train": prep.splits.train})
     else:
         task = Task(cfg=cfg, hook=make_hook(cfg), rows={"train": []})
     return TaskState(

@@ -120,7 +120,7 @@ def prompt_logprobs(
     projection, one prompt's positions at a time), which is what keeps long prompts fast on a CPU."""
     import torch
 
-    from ..scoring import PLAIN_HEAD_MODELS, _pad
+    from ..scoring import PLAIN_HEAD_MODELS, pad_batch
 
     model = lm.model
     head = model.get_output_embeddings()
@@ -133,7 +133,7 @@ def prompt_logprobs(
             width = len(prompts[order[0]])
             batch = order[: max(1, rows if plain else min(rows, LOGPROB_BUDGET // (width * head.weight.shape[0])))]
             order = order[len(batch) :]
-            ids, mask = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device, left=False)
+            ids, mask = pad_batch([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device, left=False)
             if plain:
                 hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
             else:

@@ -21,7 +21,6 @@ study's record of it), that file is marked ``"status": "superseded"`` with the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -73,8 +72,9 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> optuna.Study:
-        from autoglm_bench.config import PRUNERS, ConfigError, objective_of
-        from autoglm_bench.studies import grid_of, make_sampler, open_study, parse_space, run_trials
+        from autoglm_bench.config import ConfigError, objective_of
+        from autoglm_bench.errors import member
+        from autoglm_bench.studies import HpoPruner, grid_of, make_sampler, open_study, parse_space, run_trials
 
         assert self.config is not None and self.launcher is not None
         overrides = OverridesParser.create().parse_overrides(
@@ -90,11 +90,7 @@ class OptunaSweeper(Sweeper):
             )
         try:
             space = parse_space(sweeps)
-            if self.pruner not in PRUNERS or self.pruner == "wilcoxon":
-                raise ConfigError(
-                    f"unknown hydra.sweeper.pruner {self.pruner!r}; allowed: none, median, "
-                    "successive_halving, hyperband"
-                )
+            member(HpoPruner, self.pruner, "hydra.sweeper.pruner")
             metric, natural = objective_of(self.config)
             direction = self.direction or natural
             if direction not in ("maximize", "minimize"):
@@ -146,7 +142,9 @@ class OptunaSweeper(Sweeper):
             "seed": self.seed,
             "direction": direction,
         }
-        return "sweep-" + hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
+        from autoglm_bench.studies import study_name
+
+        return study_name("sweep", keyed, digits=10)
 
 
 def contiguous(trials: list[Any]) -> list[list[Any]]:

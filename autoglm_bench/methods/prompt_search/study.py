@@ -14,26 +14,24 @@ Sampler, pruner, storage and the resume policy are the shared ones of :mod:`auto
 an RDB URL (default ``sqlite:///<run_dir>/study.db``) with heartbeats; a trial whose process died goes
 stale after ``2 * search.heartbeat_s`` seconds and is re-run once with its parameters, and a rerun of the
 same command runs only the trials still missing up to ``search.n_trials`` finished ones. The search reads
-only the dev rows of the split protocol (:mod:`autoglm_bench.splits`); the test rows are scored once, with
+only the dev rows of the split protocol (:mod:`autoglm_bench.data.splits`); the test rows are scored once, with
 the best prompt.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..config import CONF_DIR, ModelConfig, RunConfig, resolve_data_dir
+from ...config import CONF_DIR, ModelConfig, RunConfig, SearchConfig
+from ...data.prepare import prepare
+from ...data.splits import Splits
+from ...lm import LM, load, open_cache
+from ...studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url, study_name
 from ..evaluate import choice_predictions
-from ..lm import LM, load, open_cache
-from ..splits import Splits, split_task
-from ..studies import finished, make_pruner, make_sampler, open_study, run_objective, run_trials, safe_url
-from ..tasks import load_task
 from .evaluation import Evaluator, demo_pool, is_correct, minibatch_ends
 from .proposal import instruction_history, meta_prompt, propose_instruction
 from .space import PROPOSED, Candidate, PromptSpace, candidate_from_params
@@ -59,8 +57,7 @@ def default_study_name(run: RunConfig, space: PromptSpace) -> str:
             k: v for k, v in asdict(s).items() if k not in ("n_trials", "storage", "study_name", "heartbeat_s", "name")
         },
     }
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{run.task.name}-{run.model.name}-{s.sampler}-{digest}"
+    return study_name(f"{run.task.name}-{run.model.name}-{s.sampler}", keyed)
 
 
 def open_search_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: int) -> Any:
@@ -85,21 +82,23 @@ def open_search_study(run: RunConfig, space: PromptSpace, run_dir: Path, n_dev: 
 class Objective:
     """One trial: pick a candidate, score dev minibatches through the cache, report, maybe prune."""
 
-    def __init__(self, run: RunConfig, space: PromptSpace, evaluator: Evaluator, splits: Splits, proposer: LM | None):
-        self.run, self.space, self.evaluator, self.splits, self.proposer = run, space, evaluator, splits, proposer
-        self.ends = minibatch_ends(len(splits.dev), run.search.minibatch)
-        self.metric = run.search.objectives[0]
+    def __init__(
+        self, search: SearchConfig, space: PromptSpace, evaluator: Evaluator, splits: Splits, proposer: LM | None
+    ):
+        self.search, self.space, self.evaluator, self.splits, self.proposer = search, space, evaluator, splits, proposer
+        self.ends = minibatch_ends(len(splits.dev), search.minibatch)
+        self.metric = search.objectives[0]
 
     def candidate(self, trial: Any) -> Candidate:
-        params = self.space.suggest(trial, static=self.run.search.sampler == "grid")
+        params = self.space.suggest(trial, static=self.search.sampler == "grid")
         text = trial.user_attrs.get("instruction") if params["instruction"] == PROPOSED else None
         if params["instruction"] == PROPOSED and text is None:
             prompt = meta_prompt(
-                self.run.task.name,
-                instruction_history(trial.study.get_trials(deepcopy=False), self.run.search.proposal.history),
+                self.evaluator.task.name,
+                instruction_history(trial.study.get_trials(deepcopy=False), self.search.proposal.history),
             )
             assert self.proposer is not None
-            text = propose_instruction(self.proposer, prompt, self.run.search.proposal.max_new_tokens)
+            text = propose_instruction(self.proposer, prompt, self.search.proposal.max_new_tokens)
             trial.set_user_attr("meta_prompt", prompt)
         cand = candidate_from_params(params, text)
         trial.set_user_attr("instruction", cand.instruction)
@@ -117,7 +116,7 @@ class Objective:
             return reuse(trial, earlier)
         scored, hits = self.evaluator.scored, self.evaluator.hits
         correct: list[float] = []
-        pruner = self.run.search.pruner
+        pruner = self.search.pruner
         for end in self.ends:
             batch = examples[len(correct) : end]
             new = [is_correct(self.metric, lls, ex) for lls, ex in zip(self.evaluator.score(batch), batch)]
@@ -126,7 +125,7 @@ class Objective:
                     trial.report(value, step)
             correct += new
             accuracy = sum(correct) / len(correct)
-            if len(self.run.search.objectives) == 1 and pruner != "wilcoxon":
+            if len(self.search.objectives) == 1 and pruner != "wilcoxon":
                 trial.report(accuracy, end)
             trial.set_user_attr("dev_examples", len(correct))
             trial.set_user_attr("dev_" + self.metric, accuracy)
@@ -134,7 +133,7 @@ class Objective:
             trial.set_user_attr("cache_hits", self.evaluator.hits - hits)
             if end < len(examples) and pruner != "none" and trial.should_prune():
                 raise optuna.TrialPruned(f"{self.metric}={accuracy:.3f} after {end} of {len(examples)} dev examples")
-        if len(self.run.search.objectives) == 2:
+        if len(self.search.objectives) == 2:
             tokens = self.evaluator.prompt_tokens(examples)
             trial.set_user_attr("prompt_tokens", tokens)
             return accuracy, tokens
@@ -193,15 +192,15 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     """
     import optuna
 
-    from ..lm.hf import minilm_embedder
-    from ..prompts import chat_tokenizer
+    from ...lm.hf import minilm_embedder
+    from ...prompts import chat_tokenizer
     from .outputs import TrialLogger, plot_about, write_outputs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     s = run.search
-    task = load_task(run.task, resolve_data_dir(run.data_dir))
-    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
+    prep = prepare(run)
+    task, splits = prep.task, prep.splits
     space = PromptSpace.from_config(s.space, task.cfg)
     study = open_search_study(run, space, run_dir, len(splits.dev))
     cache = open_cache(run.method)  # method.cache=false: kept in memory, so a run still scores no request twice
@@ -230,7 +229,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     search_start = time.perf_counter()
     if wanted > finished_before:
         log.info(f"study {study.study_name}: {finished_before} of {wanted} trials finished; running the rest")
-    objective = Objective(run, space, evaluator, splits, proposer)
+    objective = Objective(run.search, space, evaluator, splits, proposer)
     run_trials(study, wanted, lambda trials: [run_objective(objective, t) for t in trials], on_trial=logger)
     search_s = time.perf_counter() - search_start
     logger.close()

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from ..config import ConfigError
 from .tasks import TaskHook
 
 POSITIVE = (

@@ -9,10 +9,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import PromptConfig
-from ..lm import LM
-from ..prompts import Embedder, Example, choice_requests, prompt_text, render_examples
-from ..tasks import Task, choice_prediction
+from ...config import PromptConfig
+from ...data.tasks import Task
+from ...lm import LM
+from ...metrics import choice_prediction
+from ...prompts import Embedder, Example, choice_requests, prompt_text, render_examples
 from .space import Candidate
 
 

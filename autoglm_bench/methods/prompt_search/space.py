@@ -4,7 +4,7 @@ Every dimension is categorical. The space is conditional (define-by-run): a tria
 selection only when ``k_shot > 0`` and for the demo order only when ``k_shot > 1`` (one demo has no
 order), so TPE, random, GP and NSGA-II do not spend trials on settings that cannot change the prompt.
 The grid sampler needs a fixed product, so under ``search.sampler=grid`` every trial asks for all six;
-the equivalent prompts that creates are not scored again (see :mod:`autoglm_bench.search.study`).
+the equivalent prompts that creates are not scored again (see :mod:`autoglm_bench.methods.prompt_search.study`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..config import ConfigError, PromptConfig, SearchSpaceConfig, TaskConfig
+from ...config import ConfigError, PromptConfig, SearchSpaceConfig, TaskConfig
 
 NO_INSTRUCTION = "none"
 SHAPE = ("instruction", "template", "verbalizer", "k_shot")  # asked in every trial; demo settings as needed

@@ -14,16 +14,22 @@ run; results.json records the study under ``hpo``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from ..config import ConfigError, RunConfig, objective_of, validate
-from ..studies import grid_of, join_trial, make_pruner, make_sampler, open_study, parse_space, run_objective, run_trials
+from ...config import ConfigError, RunConfig, objective_of, with_overrides
+from ...studies import (
+    grid_of,
+    join_trial,
+    make_pruner,
+    make_sampler,
+    open_study,
+    parse_space,
+    run_objective,
+    run_trials,
+    study_name,
+)
 
 COMMON_SPACE = {
     "optim.lr": "tag(log,interval(1e-5,1e-2))",
@@ -44,16 +50,6 @@ DEFAULT_SPACE = {
 }
 
 
-def with_params(run: RunConfig, params: dict[str, Any]) -> RunConfig:
-    """A validated copy of ``run`` with dotted ``params`` set (an unknown key is a ConfigError)."""
-    cfg = OmegaConf.structured(run)
-    for key, value in params.items():
-        if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
-            raise ConfigError(f"hpo.space key {key!r} is not a config key")
-        OmegaConf.update(cfg, key, value, merge=False)
-    return validate(cfg)
-
-
 def trial_pruner(run: RunConfig) -> Any:
     """The pruner named by ``hpo.pruner``; resources are validation epochs."""
     return make_pruner(run.hpo.pruner, min_resource=1, max_resource=max(1, run.trainer.max_epochs))
@@ -63,8 +59,7 @@ def default_study_name(run: RunConfig, space: dict[str, str]) -> str:
     """``<task>-<model>-<peft>-<hash>`` of what changes a trial's result (config less the search budget)."""
     keyed = {k: v for k, v in asdict(run).items() if k not in ("hpo", "logger", "tag")}  # tag: a label only
     keyed["hpo"] = {"space": space, "sampler": run.hpo.sampler, "pruner": run.hpo.pruner}
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{run.task.name}-{run.model.name}-{run.peft.method}-{digest}"
+    return study_name(f"{run.task.name}-{run.model.name}-{run.peft.method}", keyed)
 
 
 def sweeper_trial(run: RunConfig) -> tuple[Any, dict[str, Any]]:
@@ -110,7 +105,9 @@ def run_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     )
 
     def objective(trial: optuna.Trial) -> float:
-        trial_run = with_params(run, {**trial.params, "method.save_model": False, "trainer.checkpoint": False})
+        trial_run = with_overrides(
+            run, "hpo.space", {**trial.params, "method.save_model": False, "trainer.checkpoint": False}
+        )
         out = finetune(
             trial_run,
             run_dir / f"trial_{trial.number}",
@@ -127,7 +124,7 @@ def run_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     if not any(t.state.name == "COMPLETE" for t in trials):
         raise RuntimeError(f"no trial of study {name!r} completed (all {len(trials)} pruned or failed)")
     best = study.best_trial
-    out = finetune(with_params(run, best.params), run_dir)
+    out = finetune(with_overrides(run, "hpo.space", best.params), run_dir)
     out["hpo"] = {
         "study_name": name,
         "storage": storage,

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, MethodConfig, RunConfig, objective_of, resolve_data_dir
-from .lm import LM, load, open_cache
-from .lm.hf import minilm_embedder
-from .prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text, render_examples
-from .scoring import ScoreStats
-from .splits import split_task
-from .tasks import Task, choice_prediction, extract_answer, load_task
+from ..config import ConfigError, MethodConfig, RunConfig, objective_of
+from ..data.prepare import prepare
+from ..data.tasks import Task
+from ..lm import LM, load, open_cache
+from ..lm.hf import minilm_embedder
+from ..metrics import choice_prediction, extract_answer
+from ..prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text
+from ..scoring import ScoreStats
+
+
+def run(run_cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """method=evaluate (:func:`run_evaluate`); dev rows are scored when ``method.score_dev``."""
+    return run_evaluate(run_cfg, score_dev=bool(run_cfg.method.score_dev))
 
 
 def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
@@ -22,11 +29,11 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
     cost, splits, device.
     """
     start = time.perf_counter()
-    task = load_task(run.task, resolve_data_dir(run.data_dir))
-    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
+    prep = prepare(run)
+    task, splits = prep.task, prep.splits
     embed = minilm_embedder() if needs_embedder(run.prompt) else None
-    examples = render_examples(splits.view(task, splits.test), run.prompt, run.seed, embed)
-    dev_examples = render_examples(splits.view(task, splits.dev), run.prompt, run.seed, embed) if score_dev else []
+    examples = prep.examples("test", run.prompt, run.seed, embed)
+    dev_examples = prep.examples("dev", run.prompt, run.seed, embed) if score_dev else []
     lm = load(run.model, backend=run.backend, ray=run.ray, cache=open_cache(run.method))
     try:
         chat = chat_tokenizer(run.prompt, lm.tokenizer)

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError
+from ..config import ConfigError
 from .tasks import Task
 
 

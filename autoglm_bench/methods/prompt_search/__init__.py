@@ -9,6 +9,17 @@ request cache (:mod:`autoglm_bench.lm.cache`), with the best prompt finally scor
 - :mod:`.outputs`: trials CSV, best prompt, plots
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 from .study import run_prompt_search
 
-__all__ = ["run_prompt_search"]
+
+def run(run_cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """method=prompt_search (:func:`.study.run_prompt_search`)."""
+    return run_prompt_search(run_cfg, run_dir)
+
+
+__all__ = ["run", "run_prompt_search"]

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .paths import cache_dir, write_once
+from ..config import ConfigError
+from ..paths import cache_dir, write_once
 from .tasks import TaskHook
 
 IMAGE_TASKS_FORMAT = 1  # bump when a generator below changes, so cached folders are rewritten

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ...config import RunConfig
 from .space import Candidate
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..lm import LM
+from ...lm import LM
 
 META_PROMPT_HEAD = (
     'Your task is to write an instruction for the task "{task}". Below are earlier instructions with their '

@@ -11,8 +11,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, OptimConfig
-from ..tasks import compute_metrics
+from ...config import ConfigError, OptimConfig
+from ...metrics import compute_metrics
 from .data import IGNORE
 
 

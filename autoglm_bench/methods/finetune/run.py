@@ -13,30 +13,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..config import ConfigError, RunConfig, TrainerConfig, objective_of, resolve_data_dir
+from ...config import ConfigError, RunConfig, TrainerConfig, objective_of
+from ...data.prepare import prepare
+from ...data.tasks import Task
+from ...lm import load
+from ...lm.adapters import load_for_training
+from ...lm.hf import resolve_device
+from ...prompts import chat_tokenizer
 from ..evaluate import choice_predictions, score_examples
-from ..lm import load
-from ..lm.adapters import load_for_training
-from ..lm.hf import resolve_device
-from ..prompts import chat_tokenizer
-from ..tasks import Task, load_task
 from .callbacks import TrainStats
 from .data import TaskDataModule, render_rows
 from .module import FinetuneModule, trainable_parameters
-
-
-def run_finetune(run: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """method=finetune: one training run, or an Optuna search of them when ``hpo.n_trials > 0``."""
-    if run.hpo.n_trials > 0:
-        from .hpo import run_search
-
-        return run_search(run, run_dir)
-    if run.hpo.trial_number is not None:  # one trial of a study that a sweeper drives
-        from .hpo import sweeper_trial
-
-        callback, used = sweeper_trial(run)
-        return {**finetune(run, run_dir, callbacks=[callback]), "hpo_trial": used}
-    return finetune(run, run_dir)
 
 
 def check_hardware(tr: TrainerConfig) -> None:
@@ -79,12 +66,13 @@ def finetune(
     check_hardware(run.trainer)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banners about TPUs and tips
     pl.seed_everything(run.seed, workers=True, verbose=False)
-    task = load_task(run.task, resolve_data_dir(run.data_dir))
+    prepared = prepare(run)
+    task = prepared.task
     classifier = run.model.kind == "encoder"
     n_choices = len(task.cfg.choices or [])
     model, tokenizer = load_for_training(run.model, run.peft, num_labels=n_choices if classifier else None)
     max_length = min(run.model.max_length, getattr(model.config, "max_position_embeddings", None) or 10**9)
-    data = TaskDataModule(task, run, tokenizer, max_length, classifier)
+    data = TaskDataModule(prepared, run, tokenizer, max_length, classifier)
     data.setup()
     module = FinetuneModule(
         model,
@@ -150,7 +138,9 @@ def finetune(
     chat = chat_tokenizer(run.prompt, tokenizer)
     examples = render_rows(data.task, run, data.splits.test, chat)[0]
     if classifier:
-        predictions, eval_s, tokens = classify(model, tokenizer, task, run, examples, device)
+        predictions, eval_s, tokens = classify(
+            model, tokenizer, task, examples, device, run.method.eval_batch_size, run.model.max_length
+        )
         metrics = compute_head_metrics(task, predictions)
     else:
         if run.peft.method == "lora":
@@ -272,21 +262,21 @@ def save_weights(model: Any, tokenizer: Any, folder: Path) -> str:
 
 
 def classify(
-    model: Any, tokenizer: Any, task: Task, run: RunConfig, examples: list[Any], device: torch.device
+    model: Any, tokenizer: Any, task: Task, examples: list[Any], device: torch.device, batch_size: int, max_length: int
 ) -> tuple[list[dict[str, Any]], float, int]:
-    """Predictions of a classification head on rendered examples: (predictions, seconds, tokens)."""
-    from ..prompts import prompt_text
+    """Predictions of a classification head on rendered examples, ``batch_size`` at a time and truncated to
+    ``max_length`` tokens: (predictions, seconds, tokens)."""
+    from ...prompts import prompt_text
 
     start, tokens, scores = time.perf_counter(), 0, []
     contexts = [prompt_text(task.cfg, ex.messages) for ex in examples]
-    size = run.method.eval_batch_size
     with torch.inference_mode():
-        for b in range(0, len(examples), size):
+        for b in range(0, len(examples), batch_size):
             enc = tokenizer(
-                contexts[b : b + size],
+                contexts[b : b + batch_size],
                 padding=True,
                 truncation=True,
-                max_length=run.model.max_length,
+                max_length=max_length,
                 return_tensors="pt",
             ).to(device)
             scores += torch.log_softmax(model(**enc).logits.float(), -1).tolist()
@@ -297,7 +287,7 @@ def classify(
 def compute_head_metrics(task: Task, predictions: list[dict[str, Any]]) -> dict[str, float]:
     """The task's metrics for a classification head. ``acc_norm`` divides a continuation's
     log-likelihood by its length, which has no meaning for a head's class scores, so it is left out."""
-    from ..tasks import compute_metrics
+    from ...metrics import compute_metrics
 
     return compute_metrics([m for m in task.cfg.metrics if m != "acc_norm"], predictions)
 

@@ -6,7 +6,7 @@ Training sees exactly what evaluation scores: each row is rendered by
 with the loss on the answer tokens only. An encoder gets the context alone and the gold choice index
 as its class label.
 
-Rows follow the split protocol (:mod:`autoglm_bench.splits`): ``dev_size`` rows of the task's train
+Rows follow the split protocol (:mod:`autoglm_bench.data.splits`): ``dev_size`` rows of the task's train
 split (drawn with ``split_seed``) are the dev set (validation, early stopping, pruning); training uses the rest,
 at most ``method.train_size`` of them. ``limit=`` caps the test rows (as for every method) and also the
 training and dev rows, so a quick run stays quick. Token ids are computed once with the datasets library
@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +28,31 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import ConfigError, RunConfig
-from ..lm.hf import minilm_embedder
-from ..paths import cache_dir
-from ..prompts import chat_tokenizer, demo_answer, needs_embedder, prompt_text, render_examples
-from ..scoring import REQUEST_ENCODING, encode_requests
-from ..splits import Splits, split_task
-from ..tasks import Task
+from ...config import ConfigError, RunConfig
+from ...data.prepare import Prepared
+from ...data.splits import Splits
+from ...data.tasks import Task
+from ...lm.hf import minilm_embedder
+from ...paths import cache_dir
+from ...prompts import chat_tokenizer, demo_answer, needs_embedder, prompt_text, render_examples
+from ...scoring import REQUEST_ENCODING, encode_requests
 
 IGNORE = -100  # label of tokens the loss skips (context, padding)
 
 
-def split_rows(task: Task, run: RunConfig) -> Splits:
-    """The run's train/dev/test rows (:func:`~autoglm_bench.splits.split_task`), training capped at
+def split_rows(prepared: Prepared, run: RunConfig) -> Splits:
+    """The run's train/dev/test rows (:func:`~autoglm_bench.data.prepare.prepare`), training capped at
     ``method.train_size`` and ``limit`` rows."""
+    task = prepared.task
     if "train" not in task.rows:
         raise ConfigError(
             f"method=finetune needs a train split, but task {task.name!r} has only: {', '.join(task.rows)}"
         )
-    splits = split_task(task, run.split_seed, run.dev_size, run.limit)
+    train = prepared.splits.train
     for cap in (run.method.train_size, run.limit):
         if cap is not None:
-            splits.train = splits.train[:cap]
+            train = train[:cap]
+    splits = replace(prepared.splits, train=train)
     if not splits.train:
         raise ConfigError(
             f"no training rows left: the train split of {task.name!r} has "
@@ -77,17 +81,17 @@ class TaskDataModule(pl.LightningDataModule):
     batches one process with micro-batch N*B sees.
     """
 
-    def __init__(self, task: Task, run: RunConfig, tokenizer: Any, max_length: int, classifier: bool):
+    def __init__(self, prepared: Prepared, run: RunConfig, tokenizer: Any, max_length: int, classifier: bool):
         super().__init__()
-        self.task, self.run, self.tokenizer = task, run, tokenizer
+        self.run, self.tokenizer = run, tokenizer
         self.max_length, self.classifier = max_length, classifier
         self.train_set: Any = None
         self.dev_set: Any = None
         self.dev_examples: list[Any] = []
         self._sampler: ShardedOrder | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, indices of it already trained on)
-        self.splits = split_rows(task, run)
-        self.task = self.splits.view(task, self.splits.test)  # demos come from the train part only
+        self.splits = split_rows(prepared, run)
+        self.task = self.splits.view(prepared.task, self.splits.test)  # demos come from the train part only
         self.train_rows, self.dev_rows = self.splits.train, self.splits.dev
 
     # ------------------------------------------------------------ building
