@@ -28,7 +28,8 @@ METRICS = {
     "multiple_choice": ("acc", "acc_norm", "f1"),
     "generation": ("exact_match",),
 }
-MODEL_KINDS = ("tiny_glm", "causal", "encoder", "openai")
+MODEL_KINDS = ("tiny_glm", "causal", "encoder", "openai", "tiny_glm4v", "hf_vlm", "glm4v")
+VLM_KINDS = ("tiny_glm4v", "hf_vlm", "glm4v")  # vision-language models (autoglm_bench/lm/hf_vlm.py)
 OPENAI_APIS = ("completions", "chat")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEMO_SELECTIONS = ("random", "balanced", "nearest")
@@ -132,6 +133,9 @@ class ModelConfig:
     allow_pickle: bool = False  # load .bin weights (weights_only=True) when no safetensors exist
     max_length: int = 2048
     seed: int = 0  # tiny_glm: initialisation seed
+    # tiny_glm4v: the language model it starts from: null (random, from seed), a tiny_glm folder, or shapes_text
+    # (tiny_glm first trained on toy_shapes questions written as words; autoglm_bench/lm/shapes_text.py)
+    language_model: str | None = None
     tiny: TinyGlmConfig = field(default_factory=TinyGlmConfig)
     # kind=openai: an OpenAI-compatible server (vLLM, SGLang, python -m autoglm_bench.serve); lm/openai.py
     base_url: str | None = None  # the API root, e.g. http://127.0.0.1:8000/v1
@@ -335,6 +339,8 @@ class ServeConfig:
     max_request_tokens: int = 16384  # a raw-prompt request's prompt tokens plus tokens asked for, all prompts
     max_batch_tokens: int = 8192  # tokens per forward pass (rows x longest row, estimated): bounds its memory
     max_body_bytes: int = 1048576  # request body bytes at most, enforced while the body is read (413)
+    max_image_pixels: int = 16_000_000  # pixels (width x height) of one image in a request, from its header (413)
+    max_images: int = 8  # images in one request at most (413)
     max_queue: int = 256  # queued requests at most; more get 503 with Retry-After
     max_queue_wait_s: float = 30.0  # priority ageing: a request waiting this long goes before any newer one
     request_timeout_s: float = 120.0  # a request not answered by then gets 504
@@ -537,7 +543,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         raise ConfigError(f"unknown model.device {m.device!r}; allowed: auto, cpu, mps, cuda, cuda:N")
     if m.kind == "openai":
         validate_openai(run)
-    elif m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
+    elif m.kind not in ("tiny_glm", "tiny_glm4v", "encoder") and not m.path:
         raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
     if m.kind != "tiny_glm" and m.path and m.path.startswith(("/", "~", ".")):  # absolute, ~, ./, ../
         folder = Path(m.path).expanduser()
@@ -556,6 +562,13 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         )
     if m.max_length < 2:
         raise ConfigError(f"model.max_length must be >= 2, got {m.max_length}")
+    if t.images and m.kind not in VLM_KINDS:
+        raise ConfigError(
+            f"task {t.name!r} has images ({', '.join(t.images)}); model {m.name!r} (kind {m.kind}) reads text only: "
+            f"use a vision-language model ({', '.join(VLM_KINDS)})"
+        )
+    if t.images and run.backend == "ray":
+        raise ConfigError(f"task {t.name!r} has images; backend=ray shards text models only, use backend=local")
 
     _one_of("logger", run.logger.name, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)
@@ -622,6 +635,8 @@ def validate_serve(run: RunConfig) -> None:
         "max_request_tokens",
         "max_batch_tokens",
         "max_body_bytes",
+        "max_image_pixels",
+        "max_images",
         "max_queue",
     )
     for key in at_least_one:

@@ -8,7 +8,7 @@ from typing import Any
 from .config import ConfigError, MethodConfig, RunConfig, objective_of, resolve_data_dir
 from .lm import LM, load, open_cache
 from .lm.hf import minilm_embedder
-from .prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text, render_examples
+from .prompts import Example, chat_tokenizer, choice_requests, example_inputs, needs_embedder, render_examples
 from .scoring import ScoreStats
 from .splits import split_task
 from .tasks import Task, choice_prediction, extract_answer, load_task
@@ -58,7 +58,7 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
         },
         "device": described["device"],
         "backend": described["backend"],
-        "prompt_example": contexts[0] if contexts else None,
+        "prompt_example": getattr(contexts[0], "text", contexts[0]) if contexts else None,  # an image prompt: its text
     }
 
 
@@ -72,7 +72,7 @@ def score_examples(
     naive); generation: greedy generation, answer extracted as the task defines. ``chat_tokenizer``
     given: contexts go through its chat template. A chat-only server gets the messages themselves.
     """
-    contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
+    contexts = example_inputs(task.cfg, examples, chat_tokenizer)
     batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
         if lm.chat_only:
