@@ -39,7 +39,7 @@ METHODS = ("evaluate", "finetune", "prompt_search")
 SCORERS = ("batched", "naive")
 LOGGERS = ("none", "csv", "tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
-PEFT_METHODS = ("full", "lora", "prefix", "prompt_tuning")
+PEFT_METHODS = ("full", "lora", "prefix", "prompt_tuning", "projector")
 OPTIMIZERS = ("adamw",)
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
@@ -185,7 +185,7 @@ class MethodConfig:
 
 @dataclass
 class PeftConfig:
-    method: str = "full"  # full | lora | prefix (P-tuning v2 deep prompts) | prompt_tuning
+    method: str = "full"  # full | lora | prefix (P-tuning v2 deep prompts) | prompt_tuning | projector (VLMs)
     r: int = 8  # lora
     alpha: int = 16
     dropout: float = 0.0
@@ -680,6 +680,13 @@ def validate_finetune(run: RunConfig) -> None:
     """The finetune-only checks that need no model (LoRA targets and hardware are checked at load time)."""
     pe, op, tr, me = run.peft, run.optim, run.trainer, run.method
     _one_of("peft method", pe.method, PEFT_METHODS)
+    if pe.method == "projector" and run.model.kind not in VLM_KINDS:
+        raise ConfigError(
+            f"peft=projector trains a vision-language model's projector; model {run.model.name!r} is kind "
+            f"{run.model.kind} (use {', '.join(VLM_KINDS)})"
+        )
+    if run.model.kind in VLM_KINDS and pe.method in ("prefix", "prompt_tuning"):
+        raise ConfigError(f"peft={pe.method} is not built for vision-language models; use full, lora or projector")
     if pe.method == "lora" and (pe.r < 1 or pe.alpha <= 0):
         raise ConfigError(f"peft.r and peft.alpha must be positive, got r={pe.r} alpha={pe.alpha}")
     if pe.method in ("prefix", "prompt_tuning") and pe.num_virtual_tokens < 1:
