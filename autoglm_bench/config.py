@@ -26,7 +26,7 @@ TASKS_DIR = REPO_ROOT / "tasks"
 TASK_TYPES = ("multiple_choice", "generation")
 METRICS = {
     "multiple_choice": ("acc", "acc_norm", "f1"),
-    "generation": ("exact_match",),
+    "generation": ("exact_match", "relaxed_accuracy", "anywhere_accuracy"),  # the last two: chartqa's hook
 }
 MODEL_KINDS = ("tiny_glm", "causal", "encoder", "openai", "tiny_glm4v", "hf_vlm", "glm4v")
 VLM_KINDS = ("tiny_glm4v", "hf_vlm", "glm4v")  # vision-language models (autoglm_bench/lm/hf_vlm.py)

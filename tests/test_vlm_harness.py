@@ -257,8 +257,33 @@ def test_chartqa_reads_a_local_jsonl_with_images_and_scores_as_lm_eval(tmp_path)
                      "label": [answer], "type": "human_test"})  # fmt: skip
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = compose(["task=chartqa", "model=tiny_glm4v", f"data_dir={tmp_path}", "task.generation.max_new_tokens=4",
-                   "method.cache=false", "threads=1"])  # fmt: skip
+                   "method.cache=false", "threads=1", "dev_size=0"])  # fmt: skip
     record = run_evaluate(run, score_dev=False)
     assert len(record["predictions"]) == 3
     assert set(record["metrics"]) >= {"exact_match", "relaxed_accuracy", "anywhere_accuracy"}
-    assert record["prompt_example"].startswith("<image>You are provided a chart image")
+    assert record["prompt_example"].startswith("<image>Value 0?\nAnalyze the image")
+
+
+@pytest.mark.parametrize(
+    "generation, target",
+    [
+        ("The bars show it.\nFinal Answer: 12", "12"),
+        ("Final Answer: 12.4", "12"),  # within 5%: relaxed only
+        ("Final Answer: 45%", "0.45"),
+        ("**Answer:** yes.", "Yes"),
+        ("So the total is 1,200 in all", "1200"),
+        ("the answer was Red, clearly", "Red"),
+        ("FINAL ANSWER: B", "b"),
+        ("nothing here", "7"),
+    ],
+)
+def test_chartqa_metrics_equal_lm_evals(generation, target):
+    """Each of our ChartQA metrics against lm-eval 0.4.13's own functions on the same strings."""
+    from lm_eval.tasks.chartqa import utils
+
+    from autoglm_bench.chartqa import anywhere, exact_match, relaxed_accuracy
+
+    ours = {"exact_match": exact_match, "relaxed_accuracy": relaxed_accuracy, "anywhere_accuracy": anywhere}
+    for name, fn in ours.items():
+        theirs = getattr(utils, name)([target], [generation])
+        assert fn(generation, target) == (theirs or {name: 0.0})[name], name
