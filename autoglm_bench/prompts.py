@@ -52,6 +52,7 @@ class Example:
     messages: list[dict[str, str]]
     target: int | str  # gold choice index (multiple choice) or normalised answer text (generation)
     choices: list[str] = field(default_factory=list)  # answer strings, without the target delimiter
+    images: list[Any] = field(default_factory=list)  # the demos' images, then the query's, as its <image> markers
 
 
 def render_choices(task: TaskConfig, row: dict[str, Any]) -> list[str]:
@@ -195,11 +196,6 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
     lm-eval joins them.
     """
     cfg = task.cfg
-    if cfg.images:  # rendered as text, an image task would be scored without its images
-        raise ConfigError(
-            f"task {cfg.name!r} has image fields ({', '.join(cfg.images)}); prompts with images are not "
-            "rendered yet, so it cannot be evaluated, searched or fine-tuned"
-        )
     template = cfg.templates[prompt.template]
     rows = task.rows["eval"]
     if prompt.k_shot > 0 and prompt.fewshot_mode != "fixed":
@@ -210,23 +206,23 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
         demo_rows = nearest_demos(task, prompt, embed, rows)
     else:
         demo_rows = [select_demos(task, prompt, seed)] * len(rows)
-    turns_cache: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    turns_cache: dict[tuple[str, ...], tuple[list[dict[str, str]], list[Any]]] = {}
     examples = []
     for row, demos in zip(rows, demo_rows):
         if prompt.demo_order == "reversed":
             demos = demos[::-1]
         key = tuple(d["_id"] for d in demos)
         if key not in turns_cache:
-            turns_cache[key] = [
-                turn
-                for d in demos
-                for turn in (
-                    {"role": "user", "content": render(template, d)},
-                    {"role": "assistant", "content": demo_answer(cfg, d)},
-                )
-            ]
+            turns, images = [], []
+            for d in demos:
+                text, demo_images = _user_turn(cfg, template, d)
+                turns += [{"role": "user", "content": text}, {"role": "assistant", "content": demo_answer(cfg, d)}]
+                images += demo_images
+            turns_cache[key] = (turns, images)
         choices = render_choices(cfg, row)
-        turns = turns_cache[key] + [{"role": "user", "content": render(template, row)}]
+        text, row_images = _user_turn(cfg, template, row)
+        turns = turns_cache[key][0] + [{"role": "user", "content": text}]
+        images = turns_cache[key][1] + row_images
         if prompt.instruction:
             turns[0] = {"role": "user", "content": f"{prompt.instruction}\n\n{turns[0]['content']}"}
         description = render(cfg.description, row) if cfg.description else None
@@ -234,8 +230,19 @@ def render_examples(task: Task, prompt: PromptConfig, seed: int, embed: Embedder
         if system:
             turns = [{"role": "system", "content": system}] + turns
         target = render_target(cfg, row, len(choices))
-        examples.append(Example(id=row["_id"], messages=turns, target=target, choices=choices))
+        examples.append(Example(id=row["_id"], messages=turns, target=target, choices=choices, images=images))
     return examples
+
+
+def _user_turn(cfg: TaskConfig, template: str, row: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A row's rendered template and its images (an image task's text holds one ``<image>`` per image)."""
+    text = render(template, row)
+    if not cfg.images:
+        return text, []
+    from .prompt_images import row_images, with_markers
+
+    images = row_images(cfg, row)
+    return with_markers(cfg, text, len(images)), images
 
 
 def _maybe_delimit(prefix: str | None, suffix: str | None, delimiter: str) -> str:
@@ -273,6 +280,14 @@ def chat_tokenizer(prompt: PromptConfig, tokenizer: Any) -> Any:
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("prompt.chat_template=true but the model's tokenizer has no chat template")
     return tokenizer
+
+
+def example_inputs(task: TaskConfig, examples: list[Example], tokenizer: Any = None) -> list[Any]:
+    """The model input of each example (:func:`prompt_text`), with its images when it has any (an
+    :class:`~autoglm_bench.data.images.ImageText`)."""
+    from .prompt_images import model_input
+
+    return [model_input(prompt_text(task, ex.messages, tokenizer), ex.images) for ex in examples]
 
 
 def choice_requests(

@@ -32,7 +32,7 @@ def png_header(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def shapes():
     sizes = ["task.options.train_size=40", "task.options.eval_size=40"]  # a small folder: quick to write and read
-    task = load_task(compose(["task=toy_shapes", *sizes]).task, None)
+    task = load_task(compose(["task=toy_shapes", "model=tiny_glm4v", *sizes]).task, None)
     return task, task.hook.image_root(None)
 
 
@@ -100,15 +100,17 @@ def test_toy_shapes_is_deterministic_balanced_and_an_imagefolder(shapes):
     again = task.hook.generate("validation")  # a second generation from the same seed: the same pictures
     for row, (image, fresh) in zip(rows, again):
         assert image_digest(load_image(row["image"], root)) == image_digest(image)
-        assert fresh == {k: v for k, v in row.items() if k not in ("image", "_id")}
-    other = load_task(compose(["task=toy_shapes", "task.options.seed=1", "task.options.eval_size=8"]).task, None)
+        assert fresh == {k: v for k, v in row.items() if k != "image" and not k.startswith("_")}
+    other = load_task(
+        compose(["task=toy_shapes", "model=tiny_glm4v", "task.options.seed=1", "task.options.eval_size=8"]).task, None
+    )
     assert [r["answer"] for r in other.rows["eval"]] != [r["answer"] for r in rows[:8]]
     folder = datasets.load_dataset("imagefolder", data_dir=str(root), split="validation")
     assert folder[0]["answer"] == rows[0]["answer"] and folder[0]["image"].size == (64, 64)
 
 
 def test_digits_has_a_fixed_split_of_sklearn_images():
-    task = load_task(compose(["task=digits"]).task, None)
+    task = load_task(compose(["task=digits", "model=tiny_glm4v"]).task, None)
     train, test = task.rows["train"], task.rows["eval"]
     assert (len(train), len(test)) == (1297, 500)
     assert not {r["index"] for r in train} & {r["index"] for r in test}
@@ -247,12 +249,13 @@ def test_lm_eval_hf_multimodal_generates_what_we_generate(glm4v, shapes, tmp_pat
         assert sample["resps"][0][0] == ours and sample["target"] == row["answer"]
 
 
-def test_an_image_task_is_not_scored_as_text_alone(model_cache):
+def test_an_image_task_is_not_scored_by_a_text_model():
     from autoglm_bench.config import ConfigError
-    from autoglm_bench.methods.evaluate import run_evaluate
 
-    with pytest.raises(ConfigError, match="task 'toy_shapes' has image fields \\(image\\)"):
-        run_evaluate(compose(["task=toy_shapes", "limit=2"]))
+    with pytest.raises(
+        ConfigError, match="task 'toy_shapes' has images \\(image\\); model 'tiny_glm' .* reads text only"
+    ):
+        compose(["task=toy_shapes", "model=tiny_glm", "limit=2"])
 
 
 def test_a_few_shot_prefix_with_an_image_is_reusable_as_a_kv_cache(glm4v, shapes):

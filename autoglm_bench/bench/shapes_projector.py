@@ -27,93 +27,17 @@ do not within 300.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import random
 import time
-from pathlib import Path
 from typing import Any
 
-SHAPES_TEXT_RECIPE = 2  # bump when train_shapes_text_glm changes, so cached models are rebuilt
-SLOTS = 16  # tiny_glm4v's image tokens for a 64 x 64 picture
+from ..lm.shapes_text import answer_loss, pad_answers, train_shapes_text_glm
+
 IMAGE = "<|begin_of_image|><|image|><|end_of_image|>"
 
 
 def context(question: str) -> str:
     return f"{IMAGE}\n{question}\nAnswer:"
-
-
-def train_shapes_text_glm(
-    questions: tuple[str, ...] = ("colour",), steps: int = 100, lr: float = 3e-3, batch_size: int = 32, seed: int = 0
-) -> Path:
-    """tiny_glm (``seed``) trained on toy_shapes scenes written as words, asked ``questions`` (see the
-    module docstring); cached; returns its folder. Deterministic: torch runs on one thread here."""
-    import torch
-
-    from ..config import ModelConfig
-    from ..data.synthetic_images import COUNTS, QUADRANTS, QUESTIONS, SIZE, shape_scene
-    from ..lm.hf import load_local
-    from ..lm.tiny_glm import build_tiny_glm
-    from ..paths import cache_dir
-    from .task_glm import save_model
-
-    source = build_tiny_glm(ModelConfig(name="tiny_glm", kind="tiny_glm", seed=seed))
-    spec = [SHAPES_TEXT_RECIPE, source.name, sorted(questions), steps, lr, batch_size, seed]
-    target = cache_dir() / "tiny_glm_shapes_text" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
-    if (target / "model.safetensors").is_file():
-        return target
-    rng = random.Random(10_000 + seed)  # scenes of their own: no task row is ever a training text
-
-    def text_example() -> tuple[list[int], int]:
-        kind, label = rng.choice(questions), rng.randrange(4)
-        question, options = QUESTIONS[kind]
-        shapes = shape_scene(kind, label, rng)
-        shape, colour, x, y, _ = shapes[0]
-        where = QUADRANTS[2 * (y >= SIZE // 2) + (x >= SIZE // 2)] if len(shapes) == 1 else COUNTS[len(shapes) - 1]
-        # each word in 1-3 slots, as a picture shows a shape over several of its tokens
-        words = [word for word in (colour, shape, where) for _ in range(rng.randint(1, 3))]
-        slots = ["."] * SLOTS
-        for word, slot in zip(words, rng.sample(range(SLOTS), len(words))):
-            slots[slot] = word
-        ctx = tokenizer(" ".join(slots) + f"\n{question}\nAnswer:")["input_ids"]
-        return ctx + tokenizer(" " + options[label])["input_ids"], len(ctx)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        model, tokenizer = load_local(source)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        for _ in range(steps):
-            ids, labels = _batch([text_example() for _ in range(batch_size)], tokenizer.pad_token_id)
-            loss = _answer_loss(model(input_ids=ids, attention_mask=(labels != -200).long()).logits, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    save_model(model, tokenizer, target)
-    return target
-
-
-def _batch(examples: list[tuple[list[int], int]], pad: int) -> tuple[Any, Any]:
-    """(right-padded ids, labels): labels are the answer tokens, -100 elsewhere, -200 on padding."""
-    import torch
-
-    longest = max(len(ids) for ids, _ in examples)
-    ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids, _ in examples])
-    labels = torch.full_like(ids, -100)
-    for i, (tokens, n_ctx) in enumerate(examples):
-        labels[i, n_ctx : len(tokens)] = ids[i, n_ctx : len(tokens)]
-        labels[i, len(tokens) :] = -200
-    return ids, labels
-
-
-def _answer_loss(logits: Any, labels: Any) -> Any:
-    import torch
-
-    targets = labels[:, 1:].masked_fill(labels[:, 1:] < 0, -100)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten())
 
 
 def train_projector(
@@ -145,7 +69,7 @@ def train_projector(
     with torch.enable_grad():  # a training step, whatever gradient mode the caller is in
         for step in range(steps):
             batch = rng.sample(examples, batch_size)
-            ids, labels = _batch([(e[0], e[1]) for e in batch], processor.tokenizer.pad_token_id)
+            ids, labels = pad_answers([(e[0], e[1]) for e in batch], processor.tokenizer.pad_token_id)
             grids = torch.cat([e[2] for e in batch])
             merged = visual.downsample(torch.cat([e[3] for e in batch])).view(-1, visual.config.out_hidden_size)
             per_image = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()
@@ -157,7 +81,7 @@ def train_projector(
                 image_grid_thw=grids,
                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=projected)},
             )
-            loss = _answer_loss(out.logits, labels)
+            loss = answer_loss(out.logits, labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -211,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
     processor = load_processor(str(folder), "glm4v")
     model, _ = load_local(folder, "image_text")
     overrides = [f"task.options.questions=[{args.questions}]", f"task.options.train_size={args.train_size}"]
-    task = load_task(compose(["task=toy_shapes", *overrides]).task, None)
+    task = load_task(compose(["task=toy_shapes", "model=tiny_glm4v", *overrides]).task, None)
     root = task.hook.image_root(None)
     train, dev = task.rows["train"], task.rows["eval"][: args.dev_rows]
     train_images = [load_image(r["image"], root) for r in train]

@@ -15,7 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError, member, one_line
 from ..studies import distribution
 from .compose import check_known_keys, enum_message, group_options
-from .schema import METRICS, DemoOrder, DemoSelection, RunConfig, SearchSpaceConfig, SecondObjective, SpaceParam
+from .schema import (
+    METRICS,
+    VLM_KINDS,
+    DemoOrder,
+    DemoSelection,
+    RunConfig,
+    SearchSpaceConfig,
+    SecondObjective,
+    SpaceParam,
+)
 
 
 def one_of(what: str, value: Any, allowed: tuple[str, ...] | list[str], where: str = "") -> None:
@@ -85,7 +94,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         raise ConfigError(f"unknown model.device {m.device!r}; allowed: auto, cpu, mps, cuda, cuda:N")
     if m.kind == "openai":
         validate_openai(run)
-    elif m.kind != "tiny_glm" and m.kind != "encoder" and not m.path:
+    elif m.kind not in ("tiny_glm", "tiny_glm4v", "encoder") and not m.path:
         raise ConfigError(f"model {m.name!r} needs model.path=<hub id or local folder>")
     if m.kind != "tiny_glm" and m.path and m.path.startswith(("/", "~", ".")):  # absolute, ~, ./, ../
         folder = Path(m.path).expanduser()
@@ -104,6 +113,13 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         )
     if m.max_length < 2:
         raise ConfigError(f"model.max_length must be >= 2, got {m.max_length}")
+    if t.images and m.kind not in VLM_KINDS:
+        raise ConfigError(
+            f"task {t.name!r} has images ({', '.join(t.images)}); model {m.name!r} (kind {m.kind}) reads text only: "
+            f"use a vision-language model ({', '.join(VLM_KINDS)})"
+        )
+    if t.images and run.backend == "ray":
+        raise ConfigError(f"task {t.name!r} has images; backend=ray shards text models only, use backend=local")
 
     if run.backend == "ray":
         if run.method.name != "evaluate":
@@ -165,6 +181,8 @@ def validate_serve(run: RunConfig) -> None:
         "max_request_tokens",
         "max_batch_tokens",
         "max_body_bytes",
+        "max_image_pixels",
+        "max_images",
         "max_queue",
     )
     for key in at_least_one:
@@ -207,6 +225,13 @@ def is_loopback(host: str) -> bool:
 def validate_finetune(run: RunConfig) -> None:
     """The finetune-only checks that need no model (LoRA targets and hardware are checked at load time)."""
     pe, op, tr, me = run.peft, run.optim, run.trainer, run.method
+    if pe.method == "projector" and run.model.kind not in VLM_KINDS:
+        raise ConfigError(
+            f"peft=projector trains a vision-language model's projector; model {run.model.name!r} is kind "
+            f"{run.model.kind} (use {', '.join(VLM_KINDS)})"
+        )
+    if run.model.kind in VLM_KINDS and pe.method in ("prefix", "prompt_tuning"):
+        raise ConfigError(f"peft={pe.method} is not built for vision-language models; use full, lora or projector")
     if pe.method == "lora" and (pe.r < 1 or pe.alpha <= 0):
         raise ConfigError(f"peft.r and peft.alpha must be positive, got r={pe.r} alpha={pe.alpha}")
     if pe.method in ("prefix", "prompt_tuning") and pe.num_virtual_tokens < 1:

@@ -22,9 +22,10 @@ TASKS_DIR = REPO_ROOT / "tasks"
 TaskType = choices("TaskType", "multiple_choice", "generation")
 METRICS = {  # the metrics each task type computes (metrics.py)
     "multiple_choice": ("acc", "acc_norm", "f1"),
-    "generation": ("exact_match",),
+    "generation": ("exact_match", "relaxed_accuracy", "anywhere_accuracy"),  # the last two: chartqa's hook
 }
-ModelKind = choices("ModelKind", "tiny_glm", "causal", "encoder", "openai")
+ModelKind = choices("ModelKind", "tiny_glm", "causal", "encoder", "openai", "tiny_glm4v", "hf_vlm", "glm4v")
+VLM_KINDS = ("tiny_glm4v", "hf_vlm", "glm4v")  # vision-language models (autoglm_bench/lm/hf_vlm.py)
 OpenAIApi = choices("OpenAIApi", "completions", "chat")
 Dtype = choices("Dtype", "auto", "float32", "bfloat16", "float16")
 DemoSelection = choices("DemoSelection", "random", "balanced", "nearest")
@@ -34,7 +35,7 @@ Method = choices("Method", "evaluate", "finetune", "prompt_search")  # autoglm_b
 Scorer = choices("Scorer", "batched", "naive")
 Logger = choices("Logger", "none", "csv", "tensorboard", "wandb")
 WandbMode = choices("WandbMode", "offline", "online", "disabled")
-PeftMethod = choices("PeftMethod", "full", "lora", "prefix", "prompt_tuning")
+PeftMethod = choices("PeftMethod", "full", "lora", "prefix", "prompt_tuning", "projector")
 Optimizer = choices("Optimizer", "adamw")
 Scheduler = choices("Scheduler", "linear", "cosine", "constant")
 Precision = choices("Precision", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
@@ -122,6 +123,9 @@ class ModelConfig:
     allow_pickle: bool = False  # load .bin weights (weights_only=True) when no safetensors exist
     max_length: int = 2048
     seed: int = 0  # tiny_glm: initialisation seed
+    # tiny_glm4v: the language model it starts from: null (random, from seed), a tiny_glm folder, or shapes_text
+    # (tiny_glm first trained on toy_shapes questions written as words; autoglm_bench/lm/shapes_text.py)
+    language_model: str | None = None
     tiny: TinyGlmConfig = field(default_factory=TinyGlmConfig)
     # kind=openai: an OpenAI-compatible server (vLLM, SGLang, python -m autoglm_bench.serve); lm/openai.py
     base_url: str | None = None  # the API root, e.g. http://127.0.0.1:8000/v1
@@ -173,7 +177,9 @@ class MethodConfig:
 
 @dataclass
 class PeftConfig:
-    method: PeftMethod = PeftMethod.full  # full | lora | prefix (P-tuning v2 deep prompts) | prompt_tuning
+    method: PeftMethod = (
+        PeftMethod.full
+    )  # full | lora | prefix (P-tuning v2 deep prompts) | prompt_tuning | projector (VLMs)
     r: int = 8  # lora
     alpha: int = 16
     dropout: float = 0.0
@@ -327,6 +333,8 @@ class ServeConfig:
     max_request_tokens: int = 16384  # a raw-prompt request's prompt tokens plus tokens asked for, all prompts
     max_batch_tokens: int = 8192  # tokens per forward pass (rows x longest row, estimated): bounds its memory
     max_body_bytes: int = 1048576  # request body bytes at most, enforced while the body is read (413)
+    max_image_pixels: int = 16_000_000  # pixels (width x height) of one image in a request, from its header (413)
+    max_images: int = 8  # images in one request at most (413)
     max_queue: int = 256  # queued requests at most; more get 503 with Retry-After
     max_queue_wait_s: float = 30.0  # priority ageing: a request waiting this long goes before any newer one
     request_timeout_s: float = 120.0  # a request not answered by then gets 504

@@ -25,6 +25,7 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,37 @@ def encode_png(image: Any) -> bytes:
 def data_url(image: Any) -> str:
     """The image as a ``data:image/png;base64,...`` URL (what /v1/chat/completions ``image_url`` parts carry)."""
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+IMAGE_MARKER = "<image>"  # where an image goes in a template or a prompt, as in lm-evaluation-harness
+
+
+@dataclass(frozen=True)
+class ImageText:
+    """A model input with images: the prompt ``text``, holding one :data:`IMAGE_MARKER` per image, and the
+    decoded ``images`` in that order. What an LM with images (:mod:`autoglm_bench.lm.hf_vlm`) takes as a
+    context; the request cache keys it by :meth:`cache_key`, the text and the images' content digests.
+
+    >>> ImageText("<image>Which digit?", (image,)).cache_key()  # doctest: +SKIP
+    {'text': '<image>Which digit?', 'images': ['3f0c9a1e5b7d2c44']}
+    """
+
+    text: str
+    images: tuple[Any, ...] = ()
+
+    @cached_property
+    def digests(self) -> list[str]:
+        return [image_digest(image) for image in self.images]
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"text": self.text, "images": self.digests}
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: an :class:`ImageText` as its cache key."""
+    if isinstance(value, ImageText):
+        return value.cache_key()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 # ---------------------------------------------------------------- the input forms

@@ -88,12 +88,15 @@ def load_task(cfg: TaskConfig, data_dir: Path | None, limit: int | None = None) 
     hook = make_hook(cfg)
     hook.validate(data_dir)
     rows: dict[str, list[dict[str, Any]]] = {}
+    image_root = hook.image_root(data_dir) if cfg.images else None
     for role, split in cfg.splits.items():
         split_rows = hook.load(split, data_dir)
         if not split_rows:
             raise ConfigError(f"split {split!r} of task {cfg.name!r} is empty")
         for i, row in enumerate(split_rows):
             row.setdefault("_id", f"{split}-{row[cfg.id_field] if cfg.id_field else i}")
+            if image_root is not None:
+                row.setdefault("_image_root", str(image_root))  # image paths in the row are relative to it
         rows[role] = split_rows[:limit] if role == "eval" and limit is not None else split_rows
     return Task(cfg=cfg, hook=hook, rows=rows)
 

@@ -1,13 +1,14 @@
 """Model backends behind one interface (:class:`~.base.LM`), and :func:`load`, the one way the harness gets
 a model: in-process Hugging Face weights (:mod:`.hf`), any OpenAI-compatible server (:mod:`.openai`), Ray
-actors sharding the in-process model (:mod:`.ray`), each optionally behind the request cache (:mod:`.cache`).
+actors sharding the in-process model (:mod:`.ray`), vision-language models in-process (:mod:`.hf_vlm`), each
+optionally behind the request cache (:mod:`.cache`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, RayConfig
+from ..config import VLM_KINDS, ConfigError, ModelConfig, RayConfig
 from .base import LM
 from .cache import CachedLM, RequestCache, open_cache
 
@@ -27,7 +28,8 @@ def load(
 
     ``backend="ray"``: the in-process model sharded over ``ray.workers`` Ray actors. ``cache``: answers from
     and stores into this request cache. ``adapter``: a PEFT adapter folder merged into the weights.
-    ``trained``: a (model, tokenizer) pair already in memory (a model just fine-tuned), scored as ``cfg``
+    ``trained``: a (model, tokenizer) pair (a vision-language model: (model, processor)) already in memory (a
+    model just fine-tuned), scored as ``cfg``
     says (device, length limit).
 
     >>> lm = load(compose(["model=tiny_glm"]).model)  # doctest: +SKIP
@@ -39,6 +41,17 @@ def load(
         from .openai import OpenAILM
 
         lm: LM = OpenAILM(cfg)
+    elif cfg.kind in VLM_KINDS:
+        from . import hf_vlm
+
+        if backend != "local":
+            raise ConfigError(f"model {cfg.name!r} is a vision-language model; it runs with backend=local only")
+        if trained is not None:
+            model, processor = trained
+            device = hf_vlm.resolve_device(cfg)
+            lm = hf_vlm.wrap(cfg, model, processor, device, model.dtype, "finetuned", cfg.max_length)
+        else:
+            lm = hf_vlm.load(cfg, adapter=adapter)
     elif backend == "ray":
         from .ray import RayLM
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from ..config import ConfigError, ModelConfig, PeftConfig
+from ..config import VLM_KINDS, ConfigError, ModelConfig, PeftConfig
 from .hf import from_pretrained, model_path
 
 
@@ -17,6 +18,10 @@ def load_for_training(cfg: ModelConfig, peft: PeftConfig, num_labels: int | None
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if cfg.kind in VLM_KINDS:
+        return load_vlm_for_training(cfg, peft)
+    if peft.method == "projector":
+        raise ConfigError(f"peft=projector trains a vision-language model's projector; {cfg.name!r} has none")
     auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     model, tokenizer = from_pretrained(cfg, model_path(cfg), auto, torch.float32, **extra)
@@ -24,6 +29,34 @@ def load_for_training(cfg: ModelConfig, peft: PeftConfig, num_labels: int | None
         model.config.pad_token_id = tokenizer.pad_token_id
     model.train()
     return apply_peft(model, peft, task_type="SEQ_CLS" if num_labels is not None else "CAUSAL_LM"), tokenizer
+
+
+def load_vlm_for_training(cfg: ModelConfig, peft: PeftConfig) -> tuple[Any, Any]:
+    """(model, processor) of a vision-language model for fine-tuning, float32, in train mode: ``full`` trains
+    every weight; ``projector`` only the vision-to-language projector (:func:`~.vlm.train_projector_only`;
+    vision encoder and language model stay bit-identical); ``lora`` adapters on the language model's
+    attention (``peft.target_modules``, default q_proj and v_proj), never on the vision tower."""
+    import torch
+
+    from .hf_vlm import load_model
+    from .vlm import train_projector_only
+
+    model, processor, _ = load_model(cfg, torch.float32)
+    model.train()
+    if peft.method == "projector":
+        train_projector_only(model)
+        return model, processor
+    if peft.method == "lora":
+        import peft as peft_lib
+
+        language = model.model.language_model
+        targets = lora_targets(language, peft)
+        pattern = rf"^model\.language_model\..*\.({'|'.join(map(re.escape, targets))})$"
+        config = peft_lib.LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, target_modules=pattern)
+        return peft_lib.get_peft_model(model, config), processor
+    if peft.method != "full":
+        raise ConfigError(f"peft={peft.method} is not built for vision-language models; use full, lora or projector")
+    return model, processor
 
 
 def apply_peft(model: Any, peft: PeftConfig, task_type: str) -> Any:

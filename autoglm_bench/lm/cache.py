@@ -4,7 +4,9 @@ is ever scored twice for the same model. :class:`CachedLM` puts it in front of a
 a remote server).
 
 A request is what the scorer is asked, as JSON: ``["loglikelihood", scorer, context, continuations]`` (the
-context exactly as fed to the model, chat template applied) -> the continuations' log-likelihoods, or
+context exactly as fed to the model, chat template applied; a context with images, an
+:class:`~autoglm_bench.data.images.ImageText`, as its text and its images' content digests) -> the continuations'
+log-likelihoods, or
 ``["generate_until", context, until, max_new_tokens]`` -> the generated text (on a chat-only server the
 context is the message list). The model fingerprint (:func:`autoglm_bench.lm.fingerprint.model_fingerprint`
 for weights; a server's host, model and revision for :mod:`.openai`) says whose answers they are. Results are
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, MethodConfig
+from ..data.images import json_default
 from ..paths import cache_dir
 from ..scoring import ScoreStats
 from .base import LM, Requests
@@ -56,7 +59,7 @@ class RequestCache:
     @staticmethod
     def key(fingerprint: str, request: list[Any]) -> str:
         """SHA-256 of the model fingerprint and the exact request."""
-        raw = json.dumps([REQUEST_FORMAT, fingerprint, request], ensure_ascii=False)
+        raw = json.dumps([REQUEST_FORMAT, fingerprint, request], ensure_ascii=False, default=json_default)
         return hashlib.sha256(raw.encode()).hexdigest()
 
     def get(self, keys: list[str]) -> dict[str, Any]:
@@ -159,7 +162,7 @@ def through_cache(
     chunks without storing them. The returned stats count only what was scored (``examples``: distinct
     requests run through the model); the requests it does not count were answered without the model.
     """
-    raws = [json.dumps(r, ensure_ascii=False) for r in requests]
+    raws = [json.dumps(r, ensure_ascii=False, default=json_default) for r in requests]
     keys = [RequestCache.key(fingerprint, r) for r in requests]
     first: dict[str, int] = {}  # each distinct request once
     for i, k in enumerate(keys):

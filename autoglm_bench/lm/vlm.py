@@ -114,7 +114,7 @@ def train_projector_only(model: Any) -> list[str]:
 
 
 def image_choice_loglikelihoods(
-    model: Any, processor: Any, context: str, images: list[Any], continuations: list[str]
+    model: Any, processor: Any, context: str, images: list[Any], continuations: list[str], max_length: int | None = None
 ) -> list[tuple[float, bool]]:
     """lm-evaluation-harness's ``(sum of log-probabilities, is greedy)`` of each continuation after
     ``context`` and its ``images``, for a GLM-4V-style model (3-D rotary positions).
@@ -124,7 +124,8 @@ def image_choice_loglikelihoods(
     GLM-4V position runs ahead of the token count). Logits are projected only where a continuation token
     is predicted. The context and continuation split as lm-eval splits them: a context's trailing spaces
     move to the continuation, and continuation tokens are those of ``tokenize(context + continuation)``
-    after ``tokenize(context)``.
+    after ``tokenize(context)``. Inputs go to the model's device, pixels in its dtype; a context longer than
+    ``max_length`` tokens (images expanded, longest continuation included) is a :class:`ConfigError`.
 
     >>> context = "<|image|>Shape?\\nAnswer:"
     >>> image_choice_loglikelihoods(model, processor, context, [image], [" circle", " square"])  # doctest: +SKIP
@@ -134,7 +135,9 @@ def image_choice_loglikelihoods(
 
     stripped = context.rstrip()
     tail = context[len(stripped) :]
-    enc = processor(text=[stripped], images=images or None, return_tensors="pt")
+    enc = processor(text=[stripped], images=images or None, return_tensors="pt").to(model.device)
+    if "pixel_values" in enc:
+        enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
     ctx_ids, text_ctx = enc["input_ids"], processor.tokenizer(stripped)["input_ids"]
     conts = []
     for continuation in continuations:
@@ -142,10 +145,15 @@ def image_choice_loglikelihoods(
         if whole[: len(text_ctx)] != text_ctx or len(whole) == len(text_ctx):
             raise ValueError(f"continuation {continuation!r} does not tokenize apart from its context")
         conts.append(whole[len(text_ctx) :])
+    if max_length is not None and ctx_ids.shape[1] + max(map(len, conts)) > max_length:
+        raise ConfigError(
+            f"a prompt of {ctx_ids.shape[1]} tokens (images expanded) and its answer exceed "
+            f"model.max_length={max_length}"
+        )
     if "image_grid_thw" in enc:
         positions, _ = model.model.get_rope_index(ctx_ids, enc["mm_token_type_ids"], enc["image_grid_thw"])
     else:
-        positions = torch.arange(ctx_ids.shape[1]).view(1, 1, -1).expand(3, 1, -1)
+        positions = torch.arange(ctx_ids.shape[1], device=model.device).view(1, 1, -1).expand(3, 1, -1)
     inputs = {k: v for k, v in enc.items() if k != "mm_token_type_ids"}
     with torch.no_grad():
         out = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
@@ -157,15 +165,17 @@ def image_choice_loglikelihoods(
             return results
         cache.batch_repeat_interleave(n)
         pad = processor.tokenizer.pad_token_id or 0
-        ids = torch.tensor([c[:-1] + [pad] * (longest - len(c)) for c in conts])
-        mask = torch.tensor([[1] * ctx_ids.shape[1] + [1] * (len(c) - 1) + [0] * (longest - len(c)) for c in conts])
+        ids = torch.tensor([c[:-1] + [pad] * (longest - len(c)) for c in conts], device=model.device)
+        mask = torch.tensor(
+            [[1] * ctx_ids.shape[1] + [1] * (len(c) - 1) + [0] * (longest - len(c)) for c in conts], device=model.device
+        )
         start = int(positions.max()) + 1
-        pos = (start + torch.arange(longest - 1)).view(1, 1, -1).expand(3, n, -1)
+        pos = (start + torch.arange(longest - 1, device=model.device)).view(1, 1, -1).expand(3, n, -1)
         logprobs = torch.log_softmax(
             model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache).logits.float(), -1
         )
     for i, c in enumerate(conts):
-        rest = torch.tensor(c[1:])
+        rest = torch.tensor(c[1:], device=model.device)
         lp = logprobs[i, : len(c) - 1]
         total, greedy = results[i]
         results[i] = (total + float(lp.gather(1, rest[:, None]).sum()), greedy and bool((lp.argmax(-1) == rest).all()))

@@ -12,7 +12,7 @@ from ..data.tasks import Task
 from ..lm import LM, load, open_cache
 from ..lm.hf import minilm_embedder
 from ..metrics import choice_prediction, extract_answer
-from ..prompts import Example, chat_tokenizer, choice_requests, needs_embedder, prompt_text
+from ..prompts import Example, chat_tokenizer, choice_requests, example_inputs, needs_embedder
 from ..scoring import ScoreStats
 
 
@@ -65,7 +65,7 @@ def run_evaluate(run: RunConfig, score_dev: bool = True) -> dict[str, Any]:
         },
         "device": described["device"],
         "backend": described["backend"],
-        "prompt_example": contexts[0] if contexts else None,
+        "prompt_example": getattr(contexts[0], "text", contexts[0]) if contexts else None,  # an image prompt: its text
     }
 
 
@@ -79,7 +79,7 @@ def score_examples(
     naive); generation: greedy generation, answer extracted as the task defines. ``chat_tokenizer``
     given: contexts go through its chat template. A chat-only server gets the messages themselves.
     """
-    contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
+    contexts = example_inputs(task.cfg, examples, chat_tokenizer)
     batch_size = method.batch_size
     if task.cfg.type == "multiple_choice":
         if lm.chat_only:

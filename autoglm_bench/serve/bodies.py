@@ -75,7 +75,8 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    messages: list[dict[str, str]] = Field(min_length=1)  # each {"role": system|user|assistant, "content"}
+    # each {"role": system|user|assistant, "content"}: a string, or OpenAI content parts (text; image_url: data URLs)
+    messages: list[dict[str, Any]] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stop: str | list[str] | None = None

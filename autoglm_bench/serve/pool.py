@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import VLM_KINDS
 from .specs import ModelSpec, Served
 
 log = logging.getLogger("autoglm_bench.serve")
@@ -46,7 +47,8 @@ def load_served(spec: ModelSpec) -> tuple[Served, int]:
     elif spec.checkpoint.peft.method == "lora":
         lm = load(spec.cfg, adapter=str(spec.weights))
     else:
-        lm = load(dataclasses.replace(spec.cfg, kind="causal", path=str(spec.weights)))
+        kind = "hf_vlm" if spec.cfg.kind in VLM_KINDS else "causal"  # the saved whole model
+        lm = load(dataclasses.replace(spec.cfg, kind=kind, path=str(spec.weights)))
     return Served(spec, lm=lm, tokenizer=lm.tokenizer, device=lm.device), model_bytes(lm.model)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..config import ConfigError, RunConfig
 from .bodies import CHAT_ROLES, MAX_PRIORITY, ChatRequest, CompletionRequest, GenerateRequest, TaskRequest
 from .errors import BadRequest
+from .images import chat_messages, row_images, without_images
 from .limits import Limits
 from .metrics import Metrics
 from .pool import ModelPool, load_served
@@ -192,6 +193,9 @@ class Service:
                 results, tokens = self._score(served, key, payloads)
             elif op == "head":
                 results, tokens = self._head(served, key, payloads)
+            elif op == "images":  # chat prompts with images (a vision-language model), one at a time
+                results, stats = served.lm.generate_until(payloads, list(key[3]), key[2], progress=False)
+                tokens = stats.tokens
             else:
                 from .text import complete
 
@@ -268,9 +272,10 @@ class Service:
             raise BadRequest(422, f"task {cfg.name!r} is a {cfg.type} task; /classify takes multiple_choice tasks")
         self.limits.new_tokens(body.max_new_tokens)
         self.limits.stop(body.stop)
-        self.limits.row(body.input)
-        if self.nearest(state):  # embeds the input: off the event loop
-            example, has_target = await asyncio.to_thread(self.render, state, body.input)
+        self.limits.row(without_images(cfg, body.input))  # images: serve.max_images, max_image_pixels
+        if self.nearest(state) or cfg.images:  # embeds the input or decodes its images: off the event loop
+            row = await asyncio.to_thread(row_images, self.run.serve, cfg, body.input)
+            example, has_target = await asyncio.to_thread(self.render, state, row)
         else:
             example, has_target = self.render(state, body.input)
         if spec.head:
@@ -378,12 +383,17 @@ class Service:
         spec = self.spec(body.model)
         if spec.head:
             raise BadRequest(422, f"model {spec.name!r} is a classification head; it does not generate text")
-        tok = (await self.model(spec, time.monotonic() + self.run.serve.request_timeout_s)).tokenizer
+        served = await self.model(spec, time.monotonic() + self.run.serve.request_timeout_s)
+        tok = served.tokenizer
         if not getattr(tok, "chat_template", None):
             raise BadRequest(422, f"model {spec.name!r} has no chat template")
-        text = tok.apply_chat_template(body.messages, tokenize=False, add_generation_prompt=True)
+        messages, images = await asyncio.to_thread(chat_messages, self.run.serve, body.messages)
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        results, _, spec = await self.complete(body.model, [text], new, stop, None, False, 0.0, authenticated)
+        if images:
+            results = [await self.complete_with_images(served, spec, text, images, new, stop)]
+        else:
+            results, _, spec = await self.complete(body.model, [text], new, stop, None, False, 0.0, authenticated)
         usage = {k: results[0][k] for k in ("prompt_tokens", "completion_tokens")}
         message = {"role": "assistant", "content": results[0]["text"]}
         return {
@@ -394,6 +404,29 @@ class Service:
             "choices": [{"index": 0, "message": message, "finish_reason": results[0]["finish_reason"]}],
             "usage": {**usage, "total_tokens": sum(usage.values())},
         }
+
+    async def complete_with_images(
+        self, served: Served, spec: ModelSpec, text: str, images: list[Any], new_tokens: int, stop: list[str]
+    ) -> dict[str, Any]:
+        """One chat prompt with images through a vision-language model (greedy), its limits checked first."""
+        from ..data.images import ImageText
+
+        if not hasattr(served.lm, "processor"):
+            raise BadRequest(422, f"model {spec.name!r} reads text only; image_url parts need a vision-language model")
+        self.limits.text("prompt", text)
+        self.limits.stop(stop)
+        prompt = ImageText(text, tuple(images))
+        try:
+            enc = await asyncio.to_thread(served.lm.encode, *served.lm.inputs(prompt))
+        except ConfigError as exc:
+            raise BadRequest(413, str(exc)) from None
+        n = enc["input_ids"].shape[1]
+        self.limits.tokens(spec.name, [n], new_tokens, served.lm.max_length)
+        deadline = time.monotonic() + self.run.serve.request_timeout_s
+        out, _ = await self.scheduler.submit(("images", spec.name, new_tokens, tuple(stop)), prompt, 0.0, deadline)
+        done = len(served.tokenizer(out, add_special_tokens=False)["input_ids"])
+        reason = "length" if done >= new_tokens else "stop"
+        return {"text": out, "prompt_tokens": n, "completion_tokens": done, "finish_reason": reason}
 
     async def complete(
         self,

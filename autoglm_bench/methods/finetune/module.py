@@ -15,6 +15,9 @@ from ...config import ConfigError, OptimConfig
 from ...metrics import compute_metrics
 from .data import IGNORE
 
+# what a batch hands the model: tokens, and for a vision-language model its images (train/vlm_data.py)
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+
 
 def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its labelled tokens and how many there are.
@@ -106,7 +109,7 @@ class FinetuneModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels aligned with them). A causal LM projects only the last K positions, K covering
         every row's answer (``logits_to_keep``, computed by the collate function; default: all)."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         labels = batch["labels"]
         if self.classifier:
             return self.model(**inputs).logits, labels

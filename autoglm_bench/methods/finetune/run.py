@@ -24,6 +24,7 @@ from ..evaluate import choice_predictions, score_examples
 from .callbacks import TrainStats
 from .data import TaskDataModule, render_rows
 from .module import FinetuneModule, trainable_parameters
+from .vlm_data import VisionTaskDataModule
 
 
 def check_hardware(tr: TrainerConfig) -> None:
@@ -72,7 +73,10 @@ def finetune(
     n_choices = len(task.cfg.choices or [])
     model, tokenizer = load_for_training(run.model, run.peft, num_labels=n_choices if classifier else None)
     max_length = min(run.model.max_length, getattr(model.config, "max_position_embeddings", None) or 10**9)
-    data = TaskDataModule(prepared, run, tokenizer, max_length, classifier)
+    if task.cfg.images:  # a vision-language model: ``tokenizer`` is its processor
+        data: TaskDataModule = VisionTaskDataModule(prepared, run, tokenizer, model, max_length)
+    else:
+        data = TaskDataModule(prepared, run, tokenizer, max_length, classifier)
     data.setup()
     module = FinetuneModule(
         model,
@@ -123,7 +127,7 @@ def finetune(
     objective = dev_metrics.get(monitor_of(run)[0].removeprefix("dev/"))  # what a sweeper optimises
     if run.method.save_model:
         training["saved_model"] = save_weights(
-            model, tokenizer, run_dir / ("adapter" if run.peft.method != "full" else "model")
+            model, tokenizer, run_dir / ("adapter" if run.peft.method not in ("full", "projector") else "model")
         )
     if not evaluate:
         return {
@@ -135,7 +139,7 @@ def finetune(
         }
 
     model = _unwrap(model).to(device).eval()
-    chat = chat_tokenizer(run.prompt, tokenizer)
+    chat = chat_tokenizer(run.prompt, data.tokenizer)  # a processor's own tokenizer for a vision-language model
     examples = render_rows(data.task, run, data.splits.test, chat)[0]
     if classifier:
         predictions, eval_s, tokens = classify(

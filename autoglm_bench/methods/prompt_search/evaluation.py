@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import PromptConfig
+from ...data.images import json_default
 from ...data.tasks import Task
 from ...lm import LM
 from ...metrics import choice_prediction
-from ...prompts import Embedder, Example, choice_requests, prompt_text, render_examples
+from ...prompts import Embedder, Example, choice_requests, example_inputs, render_examples
 from .space import Candidate
 
 
@@ -50,18 +51,21 @@ class Evaluator:
 
     def contexts(self, examples: list[Example]) -> list[str]:
         chat = self.lm.tokenizer if self.base_prompt.chat_template else None
-        return [prompt_text(self.task.cfg, ex.messages, chat) for ex in examples]
+        return example_inputs(self.task.cfg, examples, chat)
 
     def prompt_tokens(self, examples: list[Example]) -> float:
         """Mean length in tokens of the model input (the second objective for nsga2)."""
-        ids = self.lm.tokenizer(self.contexts(examples), add_special_tokens=False)["input_ids"]
+        texts = [getattr(c, "text", c) for c in self.contexts(examples)]  # an image prompt: its text
+        ids = self.lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return sum(map(len, ids)) / max(1, len(ids))
 
     def prompt_set_key(self, examples: list[Example]) -> str:
         """A digest of exactly what scoring ``examples`` asks of the model (each example's id, context and
         continuations): candidates with the same digest get the same scores."""
         requests = choice_requests(self.task.cfg, self.contexts(examples), examples, self.base_prompt.chat_template)
-        payload = json.dumps([[ex.id, ctx, conts] for (ctx, conts), ex in zip(requests, examples)])
+        payload = json.dumps(
+            [[ex.id, ctx, conts] for (ctx, conts), ex in zip(requests, examples)], default=json_default
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def score(self, examples: list[Example]) -> list[list[float]]:
