@@ -153,3 +153,26 @@ def test_checker_finds_a_circle_and_an_upward_import_in_a_package(tmp_path):
     assert private == ["autoglm_bench/results.py:2 _env"]
     (pkg / "prompts.py").write_text("def render():\n    pass\n")
     assert find_cycle(import_graph(pkg)[0]) is None
+
+
+def shadowed_submodules(root: Path = PACKAGE) -> list[str]:
+    """Names a package's ``__init__`` defines that are also its submodules: importing the submodule rebinds
+    the package attribute, so e.g. a method's ``run`` function becomes the module ``run`` after first use."""
+    found = []
+    for init in root.rglob("__init__.py"):
+        submodules = {p.stem for p in init.parent.glob("*.py")} | {p.name for p in init.parent.iterdir() if p.is_dir()}
+        for node in ast.parse(init.read_text()).body:
+            names = [node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else []
+            if isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            found += [f"{module_name(init, root)}.{n}" for n in names if n in submodules]
+    return sorted(found)
+
+
+def test_no_package_attribute_is_shadowed_by_a_submodule(tmp_path):
+    assert shadowed_submodules() == []
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("def run():\n    from .run import go\n")
+    (package / "run.py").write_text("def go():\n    pass\n")
+    assert shadowed_submodules(package) == ["pkg.run"]

@@ -61,7 +61,7 @@ def mean(values: list[float]) -> float:
 
 @pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt_tuning"])
 def test_each_peft_method_trains_only_its_parameters(peft, tmp_path, model_cache):
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose(finetune_overrides(peft))
     snap = Snapshot()
@@ -91,7 +91,7 @@ def test_each_peft_method_trains_only_its_parameters(peft, tmp_path, model_cache
 
 @pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt_tuning"])
 def test_each_peft_method_trains_on_sst2(peft, tmp_path, data_dir):
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose([*finetune_overrides(peft, task="sst2", steps=10), f"data_dir={data_dir}", "limit=64"])
     out = finetune(run, tmp_path)
@@ -119,7 +119,7 @@ def test_cli_learns_the_toy_task_and_records_training(tmp_path):
 
 
 def test_lora_adapter_is_saved_as_safetensors_and_tokens_are_cached(tmp_path, model_cache):
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose([*finetune_overrides("lora", steps=4), "trainer.val_every_n_steps=null", "split_seed=7"])
     cached = model_cache / "tokenized"
@@ -140,7 +140,7 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_final_loss(every, 
     """Two epochs (12 steps each) straight through, keeping checkpoints; then a second run resumes from
     the first one kept (mid-epoch at step 5, or at the end of epoch 0). From there on the resumed run
     has the same per-step losses, the same final loss and the same eval metrics."""
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     mid = tmp_path / "mid"
     keep = (
@@ -171,7 +171,7 @@ def doubled_loss(logits, labels):
 
 
 def test_custom_loss_by_dotted_path(tmp_path):
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     common = [*finetune_overrides("full", steps=1), "trainer.checkpoint=false", "method.save_model=false"]
     base = finetune(compose(common), tmp_path / "a", evaluate=False)
@@ -183,7 +183,7 @@ def test_custom_loss_by_dotted_path(tmp_path):
 
 
 def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose(
         [
@@ -209,7 +209,7 @@ def test_packing_activation_checkpointing_and_early_stopping(tmp_path):
 def test_minilm_classification_head_trains_with_each_peft_method(peft, tmp_path):
     """The real pretrained MiniLM with a classification head: only the intended weights move (the head
     always trains), and eval metrics come from the head's class scores."""
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose(
         [
@@ -241,7 +241,7 @@ def test_readme_lora_example_learns_the_toy_task(tmp_path):
     """The README's LoRA command (`+experiment=toy_tiny_glm_lora`) goes from chance to near-perfect
     accuracy on the held-out rows, as full fine-tuning does (peft=lora with PEFT's default q_proj/v_proj
     targets stays at 0.50 on the randomly initialised tiny_glm: see the experiment file)."""
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose(["+experiment=toy_tiny_glm_lora", "logger=none", "method.save_model=false"])
     out = finetune(run, tmp_path)

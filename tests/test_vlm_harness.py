@@ -88,7 +88,7 @@ def projector_run(tmp_path_factory):
     """tiny_glm4v whose language model first learnt colour questions from words (model.language_model=
     shapes_text), its projector alone trained on toy_shapes colour questions through method=finetune."""
     from autoglm_bench.methods.evaluate import run_evaluate
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     args = ["task=toy_shapes", "model=tiny_glm4v", "model.language_model=shapes_text", "threads=1",
             "task.options.questions=[colour]", "task.options.eval_size=40", "dev_size=40"]  # fmt: skip
@@ -128,7 +128,7 @@ def test_projector_training_leaves_vision_encoder_and_language_model_bit_identic
 @pytest.mark.parametrize("peft", ["lora", "full"])
 def test_lora_on_the_language_model_and_full_fine_tuning_run_end_to_end(peft, tmp_path):
     from autoglm_bench.lm.adapters import load_for_training
-    from autoglm_bench.methods.finetune.run import finetune
+    from autoglm_bench.methods.finetune.training import finetune
 
     run = compose(
         [

@@ -1,5 +1,5 @@
 """The run configuration: its schema (:mod:`.schema`: dataclasses, allowed names as string Enums), the
-checks a type cannot express (:mod:`.checks`) and the Hydra glue (:mod:`.compose`). :func:`compose` is the
+checks a type cannot express (:mod:`.checks`) and the Hydra glue (:mod:`.composition`). :func:`compose` is the
 one way to build a validated run config from command-line overrides outside ``python -m autoglm_bench``
 (which composes through ``@hydra.main`` and validates with the same :func:`validate`); :func:`with_overrides`
 changes keys of one, :func:`from_saved` rebuilds a finished run's. Every failure is a
@@ -23,7 +23,7 @@ from .checks import (
     validate_prompt_search,
     validate_serve,
 )
-from .compose import (
+from .composition import (
     check_known_keys,
     check_task_choice,
     config_groups_help,

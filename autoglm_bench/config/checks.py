@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, member, one_line
 from ..studies import distribution
-from .compose import check_known_keys, enum_message, group_options
+from .composition import check_known_keys, enum_message, group_options
 from .schema import (
     METRICS,
     VLM_KINDS,

@@ -237,7 +237,7 @@ class Service:
         return max(1, min(len(texts), self.run.serve.max_batch_tokens // longest))
 
     def _head(self, served: Served, key: Hashable, examples: list[Any]) -> tuple[list[Any], int]:
-        from ..methods.finetune.run import classify
+        from ..methods.finetune.training import classify
 
         state = self.tasks.states[key[2]]
         predictions, _, tokens = classify(

@@ -4,7 +4,7 @@ with the core scorer.
 - :mod:`.data`: the LightningDataModule (rows -> prompts -> token ids, cached; padding, batching);
 - :mod:`.module`: the LightningModule (loss on answer tokens or a classification head, optimiser);
 - :mod:`.callbacks`: training statistics for results.json (loss curve, tokens/s, peak memory, MFU);
-- :mod:`.run`: one fine-tuning run end to end; :mod:`.hpo`: an Optuna study of such runs with pruning;
+- :mod:`.training`: one fine-tuning run end to end; :mod:`.hpo`: an Optuna study of such runs with pruning;
 - :func:`run`: the method (one run, a study of them, or one trial of a sweeper's study).
 
 Everything here imports torch and Lightning, so only ``method=finetune`` loads it.
@@ -19,7 +19,7 @@ from typing import Any
 def run(run_cfg: Any, run_dir: Path) -> dict[str, Any]:
     """method=finetune: one training run, or an Optuna search of them when ``hpo.n_trials > 0``, or one
     trial of a study that ``hydra/sweeper=optuna`` drives (``hpo.trial_number`` set)."""
-    from .run import finetune
+    from .training import finetune
 
     if run_cfg.hpo.n_trials > 0:
         from .hpo import run_search

@@ -69,7 +69,7 @@ def sweeper_trial(run: RunConfig) -> tuple[Any, dict[str, Any]]:
     the dev metric per validation epoch and stops when the pruner says so."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from .run import monitor_of
+    from .training import monitor_of
 
     if not run.hpo.storage or not run.hpo.study_name:
         raise ConfigError("hpo.trial_number needs hpo.storage and hpo.study_name (the sweeper sets all three)")
@@ -89,7 +89,7 @@ def run_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from .run import finetune, monitor_of
+    from .training import finetune, monitor_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = dict(run.hpo.space) or DEFAULT_SPACE[run.peft.method]

@@ -125,6 +125,8 @@ def describe_composition_error(exc: BaseException) -> str:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+    if isinstance(exc, ConfigError):  # already our one line (its context is the Hydra error it rewords)
+        return str(exc)
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         if group in GROUPS:
