@@ -80,6 +80,7 @@ def test_prompt_search_tries_image_demos_and_reports_test_rows_it_never_selected
     run = compose([*BASE, "method=prompt_search", "search=random", "search.n_trials=3", "search.pruner=none", *space])
     record = run_prompt_search(run, tmp_path)
     assert len(record["predictions"]) == 12 and 0.0 <= record["metrics"]["acc"] <= 1.0
+    assert isinstance(record["prompt_example"], str) and "<image>" in record["prompt_example"]  # JSON: its text
     test_ids = set(record["splits"]["test_ids"])
     assert test_ids.isdisjoint(record["splits"]["dev_ids"])
 
