@@ -199,6 +199,15 @@ def test_lm_eval_hf_multimodal_gives_what_the_harness_gives_row_for_row(projecto
     assert out["results"]["toy_shapes_gen"]["exact_match,word"] == pytest.approx(record["metrics"]["exact_match"])
 
 
+def test_the_finetune_method_stays_a_function_after_its_modules_load():
+    """methods.method_of("finetune").run is the method's function even once its submodule .run has been
+    imported (a multirun's second job calls it again; it once found the module there)."""
+    import autoglm_bench.methods.finetune.run  # noqa: F401
+    from autoglm_bench.methods import method_of
+
+    assert callable(method_of("finetune").run)
+
+
 @pytest.mark.parametrize("peft", ["lora", "full"])
 def test_lora_on_the_language_model_and_full_fine_tuning_run_end_to_end(peft, tmp_path):
     from autoglm_bench.lm.adapters import load_for_training
