@@ -106,6 +106,8 @@ def per_example(metric: str, predictions: list[dict[str, Any]]) -> np.ndarray:
     """
     if metric == "exact_match":
         return np.array([float(p["prediction"] == p["target"]) for p in predictions])
+    if metric == "acc" and predictions and all("correct" in p for p in predictions):  # judged by a hook (mmmu)
+        return np.array([float(p["correct"]) for p in predictions])
     if metric in ("acc", "acc_norm"):
         return np.array([float(_choice_index(metric, p) == p["target"]) for p in predictions])
     check_metric(metric)

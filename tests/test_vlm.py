@@ -1,10 +1,10 @@
 """Image inputs, the shipped image tasks, tiny_glm4v (a real Glm4vForConditionalGeneration) scoring and
-generating with images, projector-only training, and lm-eval's hf-multimodal running on the same folder."""
+generating with images, and projector-only training (lm-eval's hf-multimodal against the harness on the same
+folder: tests/test_vlm_harness.py)."""
 
 from __future__ import annotations
 
 import base64
-import json
 import random
 import struct
 import zlib
@@ -16,6 +16,7 @@ from autoglm_bench.config import ModelConfig, compose
 from autoglm_bench.data.images import ImageError, ImageLimits, data_url, encode_png, image_digest, load_image
 from autoglm_bench.data.tasks import load_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared CPU: a second thread only waits
 IMAGE = "<|begin_of_image|><|image|><|end_of_image|>"
 
 
@@ -206,47 +207,6 @@ def test_projector_training_leaves_encoder_and_language_model_bit_identical(glm4
     assert changed and all(n.startswith(tuple(m + "." for m in PROJECTORS["glm4v"])) for n in changed)
     assert {n.rsplit(".", 1)[0] for n in changed} >= {"model.visual.downsample", "model.visual.merger.down_proj"}
     assert len(losses) == 3 and all(p.grad is None for n, p in model.named_parameters() if n not in changed)
-
-
-def test_lm_eval_hf_multimodal_generates_what_we_generate(glm4v, shapes, tmp_path):
-    """lm-eval 0.4.13's hf-multimodal loads the tiny GLM-4V folder (once AutoProcessor knows the image-only
-    processor) and, on a local toy_shapes task file, generates row for row what the same prompt, image and
-    greedy settings give through our processor and model."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.hf_vlms import HFMultimodalLM
-    from lm_eval.tasks import TaskManager
-
-    from autoglm_bench.lm.vlm import register_processors
-
-    folder, processor, model = glm4v
-    task, root = shapes
-    register_processors()
-    spec = {
-        "task": "toy_shapes_gen",
-        "dataset_path": "imagefolder",
-        "dataset_kwargs": {"data_dir": str(root)},
-        "test_split": "validation",
-        "output_type": "generate_until",
-        "doc_to_image": ["image"],
-        "doc_to_text": "<image>{{question}}\nAnswer:",
-        "doc_to_target": "answer",
-        "generation_kwargs": {"until": ["\n"], "max_gen_toks": 4, "do_sample": False},
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-    }
-    (tmp_path / "toy_shapes_gen.yaml").write_text(json.dumps(spec))
-    lm = HFMultimodalLM(pretrained=str(folder), batch_size=1, device="cpu", dtype="float32", max_length=256)
-    assert type(lm.processor).__name__ == "Glm4vImageTextProcessor" and lm.image_token == "<|image|>"
-    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
-    out = simple_evaluate(model=lm, tasks=["toy_shapes_gen"], task_manager=manager, limit=4, log_samples=True)
-    samples = sorted(out["samples"]["toy_shapes_gen"], key=lambda s: s["doc_id"])
-    for sample, row in zip(samples, task.rows["eval"]):
-        assert sample["arguments"][0][0] == f"<image>{row['question']}\nAnswer:"
-        enc = processor(
-            text=[f"<|image|>{row['question']}\nAnswer:"], images=[load_image(row["image"], root)], return_tensors="pt"
-        )
-        generated = model.generate(**enc, max_new_tokens=4, do_sample=False)[0, enc["input_ids"].shape[1] :]
-        ours = processor.tokenizer.decode(generated, skip_special_tokens=True).split("\n")[0]
-        assert sample["resps"][0][0] == ours and sample["target"] == row["answer"]
 
 
 def test_an_image_task_is_not_scored_by_a_text_model():

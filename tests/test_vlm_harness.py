@@ -13,6 +13,7 @@ import torch
 from autoglm_bench.config import compose
 from autoglm_bench.data.images import ImageText, data_url, encode_png, load_image
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared CPU: a second thread only waits
 SMALL = ["task.options.train_size=40", "task.options.eval_size=12", "dev_size=8", "threads=1"]
 BASE = ["task=toy_shapes", "model=tiny_glm4v", *SMALL]
 
@@ -79,6 +80,7 @@ def test_prompt_search_tries_image_demos_and_reports_test_rows_it_never_selected
     run = compose([*BASE, "method=prompt_search", "search=random", "search.n_trials=3", "search.pruner=none", *space])
     record = run_prompt_search(run, tmp_path)
     assert len(record["predictions"]) == 12 and 0.0 <= record["metrics"]["acc"] <= 1.0
+    assert isinstance(record["prompt_example"], str) and "<image>" in record["prompt_example"]  # JSON: its text
     test_ids = set(record["splits"]["test_ids"])
     assert test_ids.isdisjoint(record["splits"]["dev_ids"])
 
@@ -94,7 +96,7 @@ def projector_run(tmp_path_factory):
             "task.options.questions=[colour]", "task.options.eval_size=40", "dev_size=40"]  # fmt: skip
     untrained = run_evaluate(compose([*args, "method.cache=false"]), score_dev=False)
     train = ["method=finetune", "peft=projector", "optim.lr=5e-3", "optim.weight_decay=0", "method.batch_size=16",
-             "trainer.max_epochs=3", "trainer.checkpoint=false"]  # fmt: skip
+             "trainer.max_epochs=3", "method.train_size=160", "trainer.checkpoint=false"]  # fmt: skip
     run_dir = tmp_path_factory.mktemp("projector")
     return untrained, finetune(compose([*args, *train]), run_dir), run_dir
 
@@ -123,6 +125,87 @@ def test_projector_training_leaves_vision_encoder_and_language_model_bit_identic
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and all(n.startswith(projector) for n in changed)
     assert any(n.startswith("model.visual.blocks.") for n in before)  # the encoder is there, and unchanged
+
+
+def test_lm_eval_hf_multimodal_gives_what_the_harness_gives_row_for_row(projector_run, tmp_path):
+    """lm-eval 0.4.13's hf-multimodal loads a tiny_glm4v folder (once AutoProcessor knows the image-only GLM-4V
+    processor) and, on a local task file over the same toy_shapes images, gives the prompts (token for token),
+    generations, extracted answers (its regex filter, our answer_pattern), per-row exact_match and aggregate that
+    method=evaluate gives. The folder is the projector-trained tiny_glm4v (projector_run), whose generations
+    are right on some rows, so the metric is not a trivial zero on both sides."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.hf_vlms import HFMultimodalLM
+    from lm_eval.tasks import TaskManager
+
+    from autoglm_bench.data.prepare import prepare
+    from autoglm_bench.lm import load
+    from autoglm_bench.lm.hf_vlm import model_path
+    from autoglm_bench.lm.vlm import register_processors
+    from autoglm_bench.methods.evaluate import run_evaluate
+    from autoglm_bench.prompts import example_inputs
+
+    _, _, run_dir = projector_run
+    gen = ["task.type=generation", "task.target='{{ answer }}'", "task.metrics=[exact_match]",
+           "task.generation.max_new_tokens=4"]  # fmt: skip
+    args = ["task=toy_shapes", "model=hf_vlm", f"model.path={run_dir / 'model'}", "limit=12", "dev_size=8",
+            "task.options.questions=[colour]", "task.options.eval_size=40", "threads=1",
+            "method.cache=false"]  # fmt: skip
+    run = compose([*args, *gen])
+    run.task.generation.until = ["\n"]  # (a newline or a backslash in a command-line override is awkward to quote)
+    run.task.answer_pattern = r"(\w+)"  # the first word
+    record = run_evaluate(run, score_dev=False)
+    prep = prepare(run)
+    lm = load(run.model)
+    ours = [lm.inputs(c) for c in example_inputs(run.task, prep.examples("test", run.prompt, run.seed))]
+
+    # the same prompt on both sides: lm-eval writes <image> as the bare image token, we as GLM-4V's chat template
+    # writes an image part; the task file puts GLM-4V's begin/end tokens around lm-eval's <image>
+    spec = {
+        "task": "toy_shapes_gen",
+        "dataset_path": "imagefolder",
+        "dataset_kwargs": {"data_dir": str(prep.task.hook.image_root(None))},
+        "test_split": "validation",
+        "output_type": "generate_until",
+        "doc_to_image": ["image"],
+        "doc_to_text": "<|begin_of_image|><image><|end_of_image|>{{question}}\nAnswer:",
+        "doc_to_target": "answer",
+        "generation_kwargs": {"until": ["\n"], "max_gen_toks": 4, "do_sample": False},
+        "filter_list": [
+            {"name": "word", "filter": [{"function": "regex", "regex_pattern": r"(\w+)"}, {"function": "take_first"}]}
+        ],  # fmt: skip
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (tmp_path / "toy_shapes_gen.yaml").write_text(json.dumps(spec))
+    register_processors()
+    theirs = HFMultimodalLM(
+        pretrained=model_path(run.model), batch_size=1, device="cpu", dtype="float32", max_length=256
+    )
+    assert type(theirs.processor).__name__ == "Glm4vImageTextProcessor" and theirs.image_token == "<|image|>"
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    out = simple_evaluate(model=theirs, tasks=["toy_shapes_gen"], task_manager=manager, limit=12, log_samples=True)
+    samples = sorted(out["samples"]["toy_shapes_gen"], key=lambda s: s["doc_id"])
+
+    assert len(samples) == len(record["predictions"]) == 12
+    for sample, p, (text, images) in zip(samples, record["predictions"], ours):
+        assert p["id"] == f"validation-{sample['doc_id']}" and p["target"] == sample["target"]
+        context = sample["arguments"][0][0]
+        assert context.replace("<image>", theirs.image_token) == text
+        their_ids = theirs.tok_batch_multimodal_encode([context], [images])["input_ids"]
+        assert torch.equal(their_ids, lm.encode(text, images)["input_ids"])
+        assert (sample["resps"][0][0], sample["filtered_resps"][0]) == (p["output"], p["prediction"])
+        assert sample["exact_match"] == float(p["prediction"] == p["target"])
+    per_row = [s["exact_match"] for s in samples]
+    assert 0 < sum(per_row) < len(per_row)  # right and wrong rows: the comparison can tell them apart
+    assert out["results"]["toy_shapes_gen"]["exact_match,word"] == pytest.approx(record["metrics"]["exact_match"])
+
+
+def test_the_finetune_method_stays_a_function_after_its_modules_load():
+    """methods.method_of("finetune").run is the method's function even once its submodule .run has been
+    imported (a multirun's second job calls it again; it once found the module there)."""
+    import autoglm_bench.methods.finetune.run  # noqa: F401
+    from autoglm_bench.methods import method_of
+
+    assert callable(method_of("finetune").run)
 
 
 @pytest.mark.parametrize("peft", ["lora", "full"])

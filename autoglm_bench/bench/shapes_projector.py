@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     questions = tuple(args.questions.split(","))
-    lm = train_shapes_text_glm(questions, steps=args.lm_steps, seed=args.seed)
+    lm = train_shapes_text_glm(questions, steps=args.lm_steps, batch_size=32, seed=args.seed)
     text_s = time.perf_counter() - start
     folder = build_tiny_glm4v(ModelConfig(name="tiny_glm4v", kind="tiny_glm4v", seed=args.seed), language_model=lm)
     processor = load_processor(str(folder), "glm4v")

@@ -62,6 +62,11 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
 
     for metric in t.metrics:
         one_of("metric", metric, METRICS[t.type], f" for {t.type} task {t.name!r}")
+    if t.type == "generation" and "acc" in t.metrics and t.hook is None:
+        raise ConfigError(
+            f"metric 'acc' of generation task {t.name!r} needs a task hook that judges each answer (as mmmu's); "
+            "use exact_match"
+        )
     if not t.templates:
         raise ConfigError(f"task {t.name!r} defines no templates; add task.templates.default")
     one_of("prompt.template", p.template, list(t.templates), f" for task {t.name!r}")

@@ -22,7 +22,8 @@ TASKS_DIR = REPO_ROOT / "tasks"
 TaskType = choices("TaskType", "multiple_choice", "generation")
 METRICS = {  # the metrics each task type computes (metrics.py)
     "multiple_choice": ("acc", "acc_norm", "f1"),
-    "generation": ("exact_match", "relaxed_accuracy", "anywhere_accuracy"),  # the last two: chartqa's hook
+    # relaxed_accuracy, anywhere_accuracy: chartqa's hook; acc: a hook that judges each answer (mmmu's)
+    "generation": ("exact_match", "relaxed_accuracy", "anywhere_accuracy", "acc"),
 }
 ModelKind = choices("ModelKind", "tiny_glm", "causal", "encoder", "openai", "tiny_glm4v", "hf_vlm", "glm4v")
 VLM_KINDS = ("tiny_glm4v", "hf_vlm", "glm4v")  # vision-language models (autoglm_bench/lm/hf_vlm.py)

@@ -131,8 +131,8 @@ def model_path(cfg: ModelConfig) -> str:
 
 def language_model(cfg: ModelConfig) -> str | None:
     """The text model tiny_glm4v starts from (``model.language_model``): a tiny_glm folder, ``shapes_text``
-    (tiny_glm first trained on toy_shapes scenes written as words: ``bench shapes-projector``'s step 1,
-    colour questions, seeded by ``model.seed``), or null (random, from ``model.seed``)."""
+    (tiny_glm first trained on toy_shapes scenes written as words, as ``bench shapes-projector``'s step 1:
+    colour questions, 80 steps of 16, seeded by ``model.seed``), or null (random, from ``model.seed``)."""
     if cfg.language_model is None:
         return None
     if cfg.language_model == "shapes_text":

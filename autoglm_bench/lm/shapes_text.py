@@ -25,7 +25,7 @@ SLOTS = 16  # tiny_glm4v's image tokens for a 64 x 64 picture
 
 
 def train_shapes_text_glm(
-    questions: tuple[str, ...] = ("colour",), steps: int = 100, lr: float = 3e-3, batch_size: int = 32, seed: int = 0
+    questions: tuple[str, ...] = ("colour",), steps: int = 80, lr: float = 3e-3, batch_size: int = 16, seed: int = 0
 ) -> Path:
     """tiny_glm (``seed``) trained on toy_shapes scenes written as words, asked ``questions`` (see the
     module docstring); cached; returns its folder. Deterministic: torch runs on one thread here."""

@@ -240,7 +240,8 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
     for part, rows in (("dev", splits.dev), ("test", splits.test)):
         examples = evaluator.render(cand, rows)
         final[part] = choice_predictions(examples, evaluator.score(examples))
-        final[part + "_prompt"] = evaluator.contexts(examples[:1])[0]
+        context = evaluator.contexts(examples[:1])[0]
+        final[part + "_prompt"] = getattr(context, "text", context)  # an image prompt (ImageText): its text
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     dev_metrics = task.hook.score(final["dev"])
