@@ -200,9 +200,10 @@ def test_lm_eval_hf_multimodal_gives_what_the_harness_gives_row_for_row(projecto
 
 
 def test_the_finetune_method_stays_a_function_after_its_modules_load():
-    """methods.method_of("finetune").run is the method's function even once its submodule .run has been
-    imported (a multirun's second job calls it again; it once found the module there)."""
-    import autoglm_bench.methods.finetune.run  # noqa: F401
+    """methods.method_of("finetune").run is the method's function even once all its submodules have been
+    imported (a multirun's second job calls it again; it once found a submodule named run there)."""
+    import autoglm_bench.methods.finetune.hpo  # noqa: F401
+    import autoglm_bench.methods.finetune.training  # noqa: F401
     from autoglm_bench.methods import method_of
 
     assert callable(method_of("finetune").run)

@@ -15,11 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# The submodule .run is imported here, before the function run below is defined: importing a submodule the
-# first time binds it as an attribute of its package, which would otherwise replace the function ``run`` that
-# methods.method_of("finetune").run calls (the second job of a multirun then called the module).
-from . import run as _run_module  # noqa: F401
-
 
 def run(run_cfg: Any, run_dir: Path) -> dict[str, Any]:
     """method=finetune: one training run, or an Optuna search of them when ``hpo.n_trials > 0``, or one
