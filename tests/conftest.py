@@ -18,6 +18,33 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("AUTOGLM_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 
 
+# The longest tests (minutes each on 2 cores) start first, so that under `-n 3 --dist worksteal` no worker is
+# left alone with one of them at the end while the others idle.
+LONGEST_FIRST = (
+    "test_distributed.py::test_ray_evaluation",
+    "test_finetune_hpo.py",
+    "test_sweeper.py::test_jobs_use",
+    "test_finetune_sweeper.py",
+    "test_finetune_ddp.py",
+    "test_cache.py::test_killed",
+    "test_search.py::test_search_writes",
+    "test_train_bench.py",
+    "test_sweeps.py",
+    "test_report.py",
+    "test_search.py::test_sigkill",
+    "test_search.py::test_nsga2",
+    "test_sweeper.py::test_sigkill",
+    "test_vlm_harness.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, key in enumerate(LONGEST_FIRST) if key in item.nodeid), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory) -> Path:
     """tiny_glm is built once per test session into a private cache (also used by CLI subprocesses)."""

@@ -23,14 +23,14 @@ from .postgres import postgres_url  # noqa: F401 - a pytest fixture
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # Fast jobs: evaluate tiny_glm on 40 dev and 40 test rows; the objective is the dev accuracy.
 EVAL_JOB = ["-m", "hydra/sweeper=optuna", "+experiment=quickstart", "limit=40", "dev_size=40", "logger=none"]
-# Fine-tuning jobs that report a dev accuracy after each of 3 epochs.
+# Fine-tuning jobs that report a dev accuracy after each of 2 epochs (the pruner and direction reach them).
 TRAIN_JOB = [
     "-m",
     "hydra/sweeper=optuna",
     "+experiment=toy_tiny_glm_finetune",
-    "limit=64",
-    "dev_size=32",
-    "trainer.max_epochs=3",
+    "limit=32",
+    "dev_size=16",
+    "trainer.max_epochs=2",
     "logger=none",
     "trainer.checkpoint=false",
     "method.save_model=false",
