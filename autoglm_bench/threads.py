@@ -15,10 +15,14 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def choose_threads(jobs: int = 1, requested: int | None = None, cgroup_root: Path = CGROUP_ROOT) -> int:
-    """``requested`` if given, else this job's share of the usable CPUs: ``available_cpus() // jobs``, at
-    least 1 (two parallel jobs on 2 CPUs get one thread each)."""
+    """``requested`` if given, else ``OMP_NUM_THREADS`` if set (torch's own convention: a user or a
+    scheduler that set it means it), else this job's share of the usable CPUs: ``available_cpus() // jobs``,
+    at least 1 (two parallel jobs on 2 CPUs get one thread each)."""
     if requested is not None:
         return requested
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     return max(1, available_cpus(cgroup_root) // max(1, jobs))
 
 

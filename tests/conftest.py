@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("AUTOGLM_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+# One torch thread per process, here and in every command a test starts (runs honour OMP_NUM_THREADS): three
+# xdist workers on 2 cores, each with subprocesses on two threads, spent much of their CPU spinning in wait.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # The longest tests (minutes each on 2 cores) start first, so that under `-n 3 --dist worksteal` no worker is
@@ -53,6 +58,25 @@ def model_cache(tmp_path_factory) -> Path:
     return path
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``name``, made by ``build(folder)`` once per test session: under pytest-xdist the workers
+    share one base temp folder and the first to take its lock builds it (a module fixture alone is rebuilt by
+    every worker that runs one of the module's tests)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(root / f"{name}.lock"):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real offline datasets (../shared/data, or $AUTOGLM_DATA_DIR); tests needing them skip without."""
@@ -81,11 +105,11 @@ def tiny_lm(model_cache):
 
 
 def cli_env(extra: dict | None = None) -> dict:
-    """The environment a user's command runs in: ours plus ``extra``, without HYDRA_FULL_ERROR (so errors
-    are the one-line kind a user sees)."""
+    """The environment a user's command runs in: ours plus ``extra`` (a None value unsets), without
+    HYDRA_FULL_ERROR (so errors are the one-line kind a user sees)."""
     env = {**os.environ, **(extra or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    return env
+    return {k: v for k, v in env.items() if v is not None}  # None in ``extra``: unset
 
 
 def run_cli(

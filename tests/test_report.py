@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cli_ok, run_cli
+from .conftest import built_once, cli_ok, run_cli
 from .constructed_runs import mcnemar_by_hand
 
 SEEDS = (0, 1, 2)
@@ -25,20 +25,23 @@ REPORT = ["--replicate", "model.seed", "--allow-dirty"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """Three quickstart runs differing in the tiny model's random init. The verbalizer is overridden with two
-    words the tokenizer keeps whole: with the default one a random model always says "positive", and three
-    runs at exactly 0.5 would leave std and McNemar untested."""
-    root = tmp_path_factory.mktemp("report_runs")
-    for seed in SEEDS:
+    """Three quickstart runs (one multirun) differing in the tiny model's random init, made once for all
+    xdist workers. The verbalizer is overridden with two words the tokenizer keeps whole: with the default one
+    a random model always says "positive", and three runs at exactly 0.5 would leave std and McNemar untested."""
+
+    def build(root: Path) -> None:
         cli_ok(
+            "-m",
             "+experiment=quickstart",
-            f"model.seed={seed}",
+            f"model.seed={','.join(map(str, SEEDS))}",
             "task.choices=[terrible,wonderful]",
-            f"hydra.run.dir={root}/run_{seed}",
+            f"hydra.sweep.dir={root}",
+            "hydra.sweep.subdir=run_${model.seed}",
             "logger=none",
             env=ENV,
         )
-    return root
+
+    return built_once(tmp_path_factory, "report_runs", build)
 
 
 def results(runs: Path, seed: int) -> dict:

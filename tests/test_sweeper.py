@@ -83,14 +83,17 @@ def test_jobs_use_the_sweeps_pruner_and_direction_and_a_rerun_adds_no_trial(tmp_
     assert len(study_of(tmp_path).trials) == 4 and sorted(results_of(tmp_path)) == [0, 1, 2, 3]
 
 
-def running_trial(db: Path) -> int | None:
+def running_trial(db: Path, n_params: int) -> int | None:
+    """A trial being run: asked and given all ``n_params`` of its parameters (Optuna stores them one at a
+    time, so a trial with fewer is still being sampled and its job has not started)."""
     if not db.is_file():
         return None
     try:
         with sqlite3.connect(db, timeout=10) as conn:
-            row = conn.execute(  # a trial being run: asked and given its parameters
+            row = conn.execute(
                 "SELECT number FROM trials t WHERE state = 'RUNNING' "
-                "AND EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
+                "AND (SELECT COUNT(*) FROM trial_params p WHERE p.trial_id = t.trial_id) = ?",
+                (n_params,),
             ).fetchone()
     except sqlite3.OperationalError:  # tables not created yet
         return None
@@ -116,7 +119,7 @@ def test_sigkill_of_the_sweeper_then_the_same_command_finishes_exactly_n_trials(
     )
     deadline, killed = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
-        number = running_trial(tmp_path / "optuna.db")
+        number = running_trial(tmp_path / "optuna.db", n_params=2)
         if number is not None and number >= 1:
             os.killpg(proc.pid, signal.SIGKILL)
             killed = number
@@ -236,6 +239,7 @@ def test_parallel_launcher_runs_two_jobs_with_one_share_of_the_cores_each(tmp_pa
         "hydra.sweeper.sampler=random",
         "hydra.sweeper.n_trials=4",
         f"hydra.sweep.dir={tmp_path}",
+        env={"OMP_NUM_THREADS": None},  # threads chosen from the cores, not set by the caller
     )
     assert [t.state.name for t in study_of(tmp_path).trials] == ["COMPLETE"] * 4
     results = results_of(tmp_path)

@@ -40,7 +40,8 @@ def test_a_path_from_another_namespace_falls_back_to_the_root_files(tmp_path):
     assert cgroup_cpu_limit(tmp_path / "missing", "0::/\n") is None
 
 
-def test_threads_are_this_jobs_share_of_the_usable_cpus(tmp_path):
+def test_threads_are_this_jobs_share_of_the_usable_cpus(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cpus = len(os.sched_getaffinity(0))
     assert available_cpus(tmp_path) == cpus  # no cgroup files: the affinity mask
     assert choose_threads(jobs=1, cgroup_root=tmp_path) == cpus
@@ -49,3 +50,12 @@ def test_threads_are_this_jobs_share_of_the_usable_cpus(tmp_path):
     assert choose_threads(jobs=2, requested=3, cgroup_root=tmp_path) == 3
     _write(tmp_path, {"cpu.max": "150000 100000\n"})  # a 1.5-CPU quota: one thread
     assert available_cpus(tmp_path) == 1 and choose_threads(cgroup_root=tmp_path) == 1
+
+
+def test_omp_num_threads_is_honoured_unless_threads_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert choose_threads(jobs=2, cgroup_root=tmp_path) == 3  # as torch itself reads it
+    assert choose_threads(jobs=2, requested=2, cgroup_root=tmp_path) == 2
+    for ignored in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert choose_threads(jobs=1, cgroup_root=tmp_path) == len(os.sched_getaffinity(0))
