@@ -29,14 +29,11 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
     . .venv/bin/activate
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then COMMIT+="-dirty"; fi
-if [[ ( "$COMMIT" == *-dirty || "$COMMIT" == unknown ) && "${ALLOW_DIRTY:-0}" != 1 ]]; then
-    echo "error: the working tree is not a clean git checkout ($COMMIT): a table is made from a clean" \
-        "commit; commit first, or set ALLOW_DIRTY=1 for a scratch table whose header names the dirty commit" >&2
-    exit 2
-fi
-COMMIT_TAG="${COMMIT:0:12}${COMMIT#"${COMMIT%-dirty}"}"
+# shellcheck source=sweeps/common.sh
+. sweeps/common.sh
+COMMIT="$(git_state)"
+require_clean "$COMMIT"
+COMMIT_TAG="$(commit_tag "$COMMIT")"
 if [[ "${QUICK:-0}" == 1 ]]; then
     : "${LIMIT:=24}" "${DEV_SIZE:=16}" "${TRAIN_SIZE:=48}" "${EPOCHS:=1}" "${N_TRIALS:=2}" "${SEEDS:=0,1}"
     : "${OUT:=multirun/quick/digits_tiny_glm4v_cpu_${COMMIT_TAG}}" "${RESULTS:=multirun/quick/digits_tiny_glm4v_cpu}"
@@ -101,10 +98,6 @@ python -m autoglm_bench.report "${runs[@]}" --rows task.name --cols tag --metric
 WALL=$((SECONDS - START))
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-versions="$(python -c 'import importlib.metadata as m, platform
-print(", ".join([f"python {platform.python_version()}"] + [f"{p} {m.version(p)}" for p in ("torch", "transformers", "peft", "lightning", "optuna")]))')"
-cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
-os="$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") ($(uname -sr))"
 cmd="bash sweeps/digits_tiny_glm4v_cpu.sh"
 for var in QUICK ALLOW_DIRTY; do [[ -z "${!var:-}" ]] || cmd="$var=${!var} $cmd"; done
 table="$(cat "$RESULTS.md")"
@@ -122,8 +115,8 @@ table="$(cat "$RESULTS.md")"
     echo '```'
     echo
     echo "- git commit: \`$COMMIT\` (every run records it in results.json \`env.git_commit\`; the report refuses mixed or dirty commits)"
-    echo "- packages: $versions"
-    echo "- machine: $cpu, $(grep -c ^processor /proc/cpuinfo) cores; $os; OMP_NUM_THREADS=$OMP_NUM_THREADS, one run at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"
+    echo "- packages: $(packages_line)"
+    echo "- machine: $(machine_line); OMP_NUM_THREADS=$OMP_NUM_THREADS, one run at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"
     if [[ "$reused" == yes ]]; then
         echo "- wall time: $((WALL / 60)) min $((WALL % 60)) s for this invocation, which reused runs of an earlier one"
     else

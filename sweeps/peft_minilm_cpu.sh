@@ -41,18 +41,15 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export AUTOGLM_DATA_DIR="${AUTOGLM_DATA_DIR:-../shared/data}"
+# shellcheck source=sweeps/common.sh
+. sweeps/common.sh
 if [[ "${1:-}" != cell ]]; then  # the top-level invocation: a table comes from a clean commit
-    COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-    if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then COMMIT+="-dirty"; fi
-    if [[ ( "$COMMIT" == *-dirty || "$COMMIT" == unknown ) && "${ALLOW_DIRTY:-0}" != 1 ]]; then
-        echo "error: the working tree is not a clean git checkout ($COMMIT): a table is made from a clean" \
-            "commit; commit first, or set ALLOW_DIRTY=1 for a scratch table whose header names the dirty commit" >&2
-        exit 2
-    fi
+    COMMIT="$(git_state)"
+    require_clean "$COMMIT"
     export COMMIT
 fi
 COMMIT="${COMMIT:-unknown}"
-COMMIT_TAG="${COMMIT:0:12}${COMMIT#"${COMMIT%-dirty}"}"  # 12 hex digits, and -dirty if so
+COMMIT_TAG="$(commit_tag "$COMMIT")"
 if [[ "${QUICK:-0}" == 1 ]]; then  # the whole path, tiny: one synthetic task, 2 methods, 3 trials, 2 seeds
     : "${TASKS:=toy_sentiment}" "${PEFTS:=full lora}" "${GRID_full:=1e-4,3e-4}" "${GRID_lora:=3e-3}" "${SEEDS:=0,1}"
     : "${TASK_ARGS_toy_sentiment:=task=toy_sentiment dev_size=16 limit=24 method.train_size=24 method.batch_size=8 trainer.max_epochs=1}"
@@ -249,14 +246,8 @@ EOF
 )"
 
 # ---------------------------------------------------------------- provenance header
-commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then commit+="-dirty"; fi
+commit="$(git_state)"
 [[ "$commit" == "$COMMIT" ]] || commit="$COMMIT at the start, $commit when this file was written"
-versions="$(python -c 'import importlib.metadata as m, platform
-print(", ".join([f"python {platform.python_version()}"] + [f"{p} {m.version(p)}" for p in ("torch", "transformers", "peft", "lightning", "optuna")]))')"
-cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
-gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)"
-os="$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") ($(uname -sr))"
 table="$(cat "$RESULTS.md")"
 {
     echo "# Table (b): PEFT methods x tasks ($MODEL, trainer=$TRAINER)"
@@ -275,8 +266,8 @@ table="$(cat "$RESULTS.md")"
     echo '```'
     echo
     echo "- git commit: \`$commit\` (every run records it in results.json \`env.git_commit\`, and the report refuses mixed or dirty commits)"
-    echo "- packages: $versions"
-    echo "- machine: $cpu, $(grep -c ^processor /proc/cpuinfo) cores${gpu:+, GPU $gpu}; $os; OMP_NUM_THREADS=$OMP_NUM_THREADS, $LANES cells at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"
+    echo "- packages: $(packages_line)"
+    echo "- machine: $(machine_line); OMP_NUM_THREADS=$OMP_NUM_THREADS, $LANES cells at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"
     if cut -f9 "$OUT"/cells/*.tsv | grep -q yes; then
         echo "- wall time: $((WALL / 60)) min $((WALL % 60)) s for this invocation, which reused sweep trials or seed runs of an earlier one (resumed; not the cost of the whole table)"
     else

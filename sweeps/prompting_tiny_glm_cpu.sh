@@ -23,17 +23,10 @@ cd "$(dirname "$0")/.."
 start_s=$(date +%s)
 trained=0   # 1 when this invocation trained the model
 launched=0  # runs this invocation launched
-git_state() {  # HEAD, with -dirty when tracked files differ from it
-  local head; head=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-  if [[ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)results' 2>/dev/null)" ]]; then head="$head-dirty"; fi
-  echo "$head"
-}
+# shellcheck source=sweeps/common.sh
+. sweeps/common.sh
 start_commit=$(git_state)
-if [[ ( "$start_commit" == *-dirty || "$start_commit" == unknown ) && "${ALLOW_DIRTY:-0}" != 1 ]]; then
-  echo "error: the working tree is not a clean git checkout ($start_commit): a table is made from a clean commit;" \
-    "commit first, or set ALLOW_DIRTY=1 for a scratch table whose header names the dirty commit" >&2
-  exit 2
-fi
+require_clean "$start_commit"
 REPORT_FLAGS=()
 if [[ "${ALLOW_DIRTY:-0}" == 1 ]]; then REPORT_FLAGS+=(--allow-dirty); fi
 if [[ "${QUICK:-0}" == 1 ]]; then  # the whole path, tiny: one synthetic task, 2 seeds, a few rows, steps, trials
@@ -77,8 +70,8 @@ else
   MODEL_TAG="$MODEL"
   OUT=${OUT:-results/prompting_$MODEL}
 fi
-commit_tag=${start_commit:0:12}${start_commit#"${start_commit%-dirty}"}  # 12 hex digits, and -dirty if so
-ROOT="$RUNS/${MODEL_TAG}_limit${LIMIT}_dev${DEV_SIZE}_split${SPLIT_SEED}_${commit_tag}"
+run_tag=$(commit_tag "$start_commit")
+ROOT="$RUNS/${MODEL_TAG}_limit${LIMIT}_dev${DEV_SIZE}_split${SPLIT_SEED}_${run_tag}"
 echo "== model: ${MODEL_ARGS[*]}; runs under $ROOT"
 
 COMMON=(data_dir="$DATA_DIR" split_seed="$SPLIT_SEED" dev_size="$DEV_SIZE" limit="$LIMIT" threads="$THREADS"

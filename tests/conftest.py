@@ -27,20 +27,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The longest tests (minutes each on 2 cores) start first, so that under `-n 3 --dist worksteal` no worker is
 # left alone with one of them at the end while the others idle.
 LONGEST_FIRST = (
+    "test_sweeps.py",
     "test_distributed.py::test_ray_evaluation",
+    "test_search.py::test_search_writes",
     "test_finetune_hpo.py",
-    "test_sweeper.py::test_jobs_use",
     "test_finetune_sweeper.py",
     "test_finetune_ddp.py",
+    "test_sweeper.py::test_jobs_use",
+    "test_lmeval_bench.py",
     "test_cache.py::test_killed",
-    "test_search.py::test_search_writes",
     "test_train_bench.py",
-    "test_sweeps.py",
-    "test_report.py",
-    "test_search.py::test_sigkill",
-    "test_search.py::test_nsga2",
-    "test_sweeper.py::test_sigkill",
+    "test_sweeper.py::test_sigkill_after",
     "test_vlm_harness.py",
+    "test_serve_adversarial.py",
+    "test_sweeper.py::test_two_sweepers",
+    "test_search.py::test_wilcoxon",
+    "test_search.py::test_sigkill",
+    "test_report.py",
 )
 
 

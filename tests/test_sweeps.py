@@ -71,7 +71,8 @@ def test_sweeps_scripts_refuse_a_dirty_tree(tmp_path, name):
     table in results/ (what the other script writes) is not."""
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "results").mkdir()
-    shutil.copy(REPO / "sweeps" / name, tmp_path / "sweeps" / name)
+    for script in (name, "common.sh"):
+        shutil.copy(REPO / "sweeps" / script, tmp_path / "sweeps" / script)
     (tmp_path / "notes.txt").write_text("a\n")
     (tmp_path / "results" / "table.md").write_text("a\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
