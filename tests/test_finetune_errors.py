@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autoglm_bench.config import ConfigError, compose
+from autoglm_bench.data.prepare import prepare
+from autoglm_bench.methods.finetune.data import split_rows
+
 from .conftest import run_cli
 
 BASE = ["task=toy_sentiment", "model=tiny_glm", "method=finetune", "limit=16", "trainer.max_steps=1"]
@@ -49,3 +53,11 @@ def test_bf16_gpu_trainer_without_a_gpu_is_one_line(tmp_path):
 def test_bf16_on_a_cpu_without_bf16_is_one_line(tmp_path):
     proc = run_cli(*BASE, "trainer.precision=bf16-mixed", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "bfloat16" in proc.stderr
+
+
+@pytest.mark.parametrize("dev_size", [400, 10_000])
+def test_a_dev_set_holding_out_every_training_row_is_one_line(dev_size):
+    run = compose(["task=toy_sentiment", "method=finetune", f"dev_size={dev_size}"])
+    message = f"dev_size={dev_size} leaves no training rows: the train split of 'toy_sentiment' has 400 rows"
+    with pytest.raises(ConfigError, match=message + r" \(method=finetune needs dev_size < 400\)"):
+        split_rows(prepare(run), run.method.train_size, run.limit, run.dev_size)

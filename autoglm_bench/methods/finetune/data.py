@@ -28,7 +28,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ...config import ConfigError, RunConfig
+from ...config import ConfigError, MethodConfig, PromptConfig
 from ...data.prepare import Prepared
 from ...data.splits import Splits
 from ...data.tasks import Task
@@ -40,31 +40,33 @@ from ...scoring import REQUEST_ENCODING, encode_requests
 IGNORE = -100  # label of tokens the loss skips (context, padding)
 
 
-def split_rows(prepared: Prepared, run: RunConfig) -> Splits:
-    """The run's train/dev/test rows (:func:`~autoglm_bench.data.prepare.prepare`), training capped at
-    ``method.train_size`` and ``limit`` rows."""
+def split_rows(prepared: Prepared, train_size: int | None, limit: int | None, dev_size: int) -> Splits:
+    """The prepared train/dev/test rows (:func:`~autoglm_bench.data.prepare.prepare`), training capped at
+    ``train_size`` (``method.train_size``) and ``limit`` rows; ``dev_size`` (what split them) names the
+    culprit when no training row is left."""
     task = prepared.task
     if "train" not in task.rows:
         raise ConfigError(
             f"method=finetune needs a train split, but task {task.name!r} has only: {', '.join(task.rows)}"
         )
     train = prepared.splits.train
-    for cap in (run.method.train_size, run.limit):
+    for cap in (train_size, limit):
         if cap is not None:
             train = train[:cap]
     splits = replace(prepared.splits, train=train)
     if not splits.train:
+        n = len(task.rows["train"])
         raise ConfigError(
-            f"no training rows left: the train split of {task.name!r} has "
-            f"{len(task.rows['train'])} rows and dev_size={run.dev_size} holds them all out"
+            f"dev_size={dev_size} leaves no training rows: the train split of {task.name!r} has {n} rows "
+            f"(method=finetune needs dev_size < {n})"
         )
     return splits
 
 
-def render_rows(task: Task, run: RunConfig, rows: list[dict[str, Any]], chat_tokenizer: Any = None):
-    """Render ``rows`` with the run's prompt: (examples, contexts, gold answer texts)."""
+def render_rows(task: Task, prompt: PromptConfig, seed: int, rows: list[dict[str, Any]], chat_tokenizer: Any = None):
+    """Render ``rows`` with ``prompt`` (demos drawn with ``seed``): (examples, contexts, gold answer texts)."""
     view = Task(cfg=task.cfg, hook=task.hook, rows={**task.rows, "eval": rows})
-    examples = render_examples(view, run.prompt, run.seed, minilm_embedder() if needs_embedder(run.prompt) else None)
+    examples = render_examples(view, prompt, seed, minilm_embedder() if needs_embedder(prompt) else None)
     contexts = [prompt_text(task.cfg, ex.messages, chat_tokenizer) for ex in examples]
     answers = [demo_answer(task.cfg, row) for row in rows]
     return examples, contexts, answers
@@ -81,17 +83,27 @@ class TaskDataModule(pl.LightningDataModule):
     batches one process with micro-batch N*B sees.
     """
 
-    def __init__(self, prepared: Prepared, run: RunConfig, tokenizer: Any, max_length: int, classifier: bool):
+    def __init__(
+        self,
+        task: Task,
+        splits: Splits,
+        prompt: PromptConfig,
+        method: MethodConfig,
+        seed: int,
+        tokenizer: Any,
+        max_length: int,
+        classifier: bool,
+    ):
         super().__init__()
-        self.run, self.tokenizer = run, tokenizer
+        self.prompt, self.method, self.seed, self.tokenizer = prompt, method, seed, tokenizer
         self.max_length, self.classifier = max_length, classifier
         self.train_set: Any = None
         self.dev_set: Any = None
         self.dev_examples: list[Any] = []
         self._sampler: ShardedOrder | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, indices of it already trained on)
-        self.splits = split_rows(prepared, run)
-        self.task = self.splits.view(prepared.task, self.splits.test)  # demos come from the train part only
+        self.splits = splits
+        self.task = splits.view(task, splits.test)  # demos come from the train part only
         self.train_rows, self.dev_rows = self.splits.train, self.splits.dev
 
     # ------------------------------------------------------------ building
@@ -99,9 +111,9 @@ class TaskDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        chat = chat_tokenizer(self.run.prompt, self.tokenizer)
-        examples, contexts, answers = render_rows(self.task, self.run, self.train_rows, chat)
-        self.dev_examples, dev_contexts, dev_answers = render_rows(self.task, self.run, self.dev_rows, chat)
+        chat = chat_tokenizer(self.prompt, self.tokenizer)
+        examples, contexts, answers = self.render(self.train_rows, chat)
+        self.dev_examples, dev_contexts, dev_answers = self.render(self.dev_rows, chat)
         if self.classifier:
             self.train_set = self._encode_classifier(contexts, [int(ex.target) for ex in examples])
             self.dev_set = self._encode_classifier(dev_contexts, [int(ex.target) for ex in self.dev_examples])
@@ -109,7 +121,7 @@ class TaskDataModule(pl.LightningDataModule):
         delimiter = "" if chat is not None else self.task.cfg.target_delimiter
         eos = self.task.cfg.type == "generation"  # generation targets learn to stop
         self.train_set = self._encode_causal(contexts, [delimiter + a for a in answers], eos)
-        if self.run.method.packing:
+        if self.method.packing:
             self.train_set = pack(self.train_set, self.max_length)
         if self.task.cfg.type == "multiple_choice":  # dev: every (example, choice) pair, scored like eval
             pairs = [
@@ -121,6 +133,10 @@ class TaskDataModule(pl.LightningDataModule):
             self.dev_set = [{**row, "example": i, "choice": j} for row, (i, j, _, _) in zip(dev, pairs)]
         else:
             self.dev_set = self._encode_causal(dev_contexts, [delimiter + a for a in dev_answers], eos)
+
+    def render(self, rows: list[dict[str, Any]], chat: Any) -> tuple[list[Any], list[Any], list[str]]:
+        """:func:`render_rows` with this module's prompt and seed."""
+        return render_rows(self.task, self.prompt, self.seed, rows, chat)
 
     def _encode_causal(self, contexts: list[str], continuations: list[str], eos: bool) -> list[dict[str, Any]]:
         """input_ids = context + continuation (+ EOS), labels = IGNORE on the context, cached on disk."""
@@ -158,9 +174,9 @@ class TaskDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         sampler = ShardedOrder(
             [len(r["input_ids"]) for r in self.train_set],
-            global_batch=self.run.method.batch_size * world,
-            seed=self.run.seed,
-            group_by_length=self.run.method.group_by_length,
+            global_batch=self.method.batch_size * world,
+            seed=self.seed,
+            group_by_length=self.method.group_by_length,
             rank=rank,
             world=world,
             epoch=lambda: trainer.current_epoch if trainer is not None else 0,
@@ -168,9 +184,7 @@ class TaskDataModule(pl.LightningDataModule):
         if self._resume is not None:
             sampler.resume_at(*self._resume)
         self._sampler = sampler
-        return DataLoader(
-            self.train_set, batch_size=self.run.method.batch_size, sampler=sampler, collate_fn=self.collate
-        )
+        return DataLoader(self.train_set, batch_size=self.method.batch_size, sampler=sampler, collate_fn=self.collate)
 
     # A checkpoint records where in the epoch training was, so a run resumed from a mid-epoch checkpoint
     # goes on with exactly the batches the interrupted run had not trained on yet. (Lightning's own
@@ -186,13 +200,13 @@ class TaskDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:
-            self._resume = (state["epoch"], state["batches_done"] * self.run.method.batch_size)
+            self._resume = (state["epoch"], state["batches_done"] * self.method.batch_size)
             if self._sampler is not None:
                 self._sampler.resume_at(*self._resume)
 
     def val_dataloader(self) -> DataLoader:
         # Every process scores the whole (small) dev set, so dev metrics agree across processes.
-        return DataLoader(self.dev_set or [], batch_size=self.run.method.eval_batch_size, collate_fn=self.collate)
+        return DataLoader(self.dev_set or [], batch_size=self.method.eval_batch_size, collate_fn=self.collate)
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return pad_batch(rows, self.tokenizer.pad_token_id, left=not self.classifier)

@@ -22,7 +22,7 @@ from ...lm.hf import resolve_device
 from ...prompts import chat_tokenizer
 from ..evaluate import choice_predictions, score_examples
 from .callbacks import TrainStats
-from .data import TaskDataModule, render_rows
+from .data import TaskDataModule, split_rows
 from .module import FinetuneModule, trainable_parameters
 from .vlm_data import VisionTaskDataModule
 
@@ -73,10 +73,12 @@ def finetune(
     n_choices = len(task.cfg.choices or [])
     model, tokenizer = load_for_training(run.model, run.peft, num_labels=n_choices if classifier else None)
     max_length = min(run.model.max_length, getattr(model.config, "max_position_embeddings", None) or 10**9)
+    splits = split_rows(prepared, run.method.train_size, run.limit, run.dev_size)
+    rows = (task, splits, run.prompt, run.method, run.seed)
     if task.cfg.images:  # a vision-language model: ``tokenizer`` is its processor
-        data: TaskDataModule = VisionTaskDataModule(prepared, run, tokenizer, model, max_length)
+        data: TaskDataModule = VisionTaskDataModule(*rows, tokenizer, model, max_length)
     else:
-        data = TaskDataModule(prepared, run, tokenizer, max_length, classifier)
+        data = TaskDataModule(*rows, tokenizer, max_length, classifier)
     data.setup()
     module = FinetuneModule(
         model,
@@ -134,13 +136,13 @@ def finetune(
             "training": training,
             "dev_metrics": dev_metrics,
             "objective": objective,
-            "splits": data.splits.record(),
+            "splits": splits.record(),
             "timings": {"load_s": load_s, "train_s": train_s},
         }
 
     model = _unwrap(model).to(device).eval()
     chat = chat_tokenizer(run.prompt, data.tokenizer)  # a processor's own tokenizer for a vision-language model
-    examples = render_rows(data.task, run, data.splits.test, chat)[0]
+    examples = data.render(splits.test, chat)[0]
     if classifier:
         predictions, eval_s, tokens = classify(
             model, tokenizer, task, examples, device, run.method.eval_batch_size, run.model.max_length
@@ -163,7 +165,7 @@ def finetune(
         "dev_metrics": dev_metrics,
         "objective": objective,
         "predictions": predictions,
-        "splits": data.splits.record(),
+        "splits": splits.record(),
         "training": training,
         "timings": {"load_s": load_s, "train_s": train_s, "eval_s": eval_s, "tokens_per_s": training["tokens_per_s"]},
         "cost": {

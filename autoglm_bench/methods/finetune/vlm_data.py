@@ -17,31 +17,43 @@ from typing import Any
 
 import torch
 
-from ...data.prepare import Prepared
+from ...config import MethodConfig, PromptConfig
+from ...data.splits import Splits
+from ...data.tasks import Task
 from ...lm.hf_vlm import HFVLM
 from ...lm.vlm import GLM4V_FAMILY
 from ...prompts import chat_tokenizer, example_inputs
-from .data import IGNORE, TaskDataModule, pad_batch, render_rows
+from .data import IGNORE, TaskDataModule, pad_batch
 
 
 class VisionTaskDataModule(TaskDataModule):
     """Training and dev batches of an image task for a vision-language model; ``processor`` is the model's
     (its ``tokenizer`` formats chat prompts). ``model`` gives the image placeholder of its architecture."""
 
-    def __init__(self, prepared: Prepared, run: Any, processor: Any, model: Any, max_length: int):
-        super().__init__(prepared, run, processor.tokenizer, max_length, classifier=False)
+    def __init__(
+        self,
+        task: Task,
+        splits: Splits,
+        prompt: PromptConfig,
+        method: MethodConfig,
+        seed: int,
+        processor: Any,
+        model: Any,
+        max_length: int,
+    ):
+        super().__init__(task, splits, prompt, method, seed, processor.tokenizer, max_length, classifier=False)
         self.processor = processor
-        self.lm = HFVLM(run.model.name, model, processor, "cpu", torch.float32, "training", max_length)
+        self.lm = HFVLM(model.config.model_type, model, processor, "cpu", torch.float32, "training", max_length)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        chat = chat_tokenizer(self.run.prompt, self.tokenizer)
+        chat = chat_tokenizer(self.prompt, self.tokenizer)
         delimiter = "" if chat is not None else self.task.cfg.target_delimiter
-        examples, _, answers = render_rows(self.task, self.run, self.train_rows, chat)
+        examples, _, answers = self.render(self.train_rows, chat)
         contexts = example_inputs(self.task.cfg, examples, chat)
         self.train_set = [self.encode(ctx, delimiter + a) for ctx, a in zip(contexts, answers)]
-        self.dev_examples, _, dev_answers = render_rows(self.task, self.run, self.dev_rows, chat)
+        self.dev_examples, _, dev_answers = self.render(self.dev_rows, chat)
         dev_contexts = example_inputs(self.task.cfg, self.dev_examples, chat)
         if self.task.cfg.type == "multiple_choice":  # dev: every (example, choice) pair, scored like eval
             self.dev_set = [
