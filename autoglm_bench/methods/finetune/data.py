@@ -20,7 +20,7 @@ import json
 import random
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,18 @@ def render_rows(task: Task, prompt: PromptConfig, seed: int, rows: list[dict[str
     return examples, contexts, answers
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What a data module renders: the task and its splits, with the run's prompt (demos drawn with ``seed``)
+    and the method's batch settings."""
+
+    task: Task
+    splits: Splits
+    prompt: PromptConfig
+    method: MethodConfig
+    seed: int
+
+
 class TaskDataModule(pl.LightningDataModule):
     """Training and dev batches for one task and tokenizer.
 
@@ -83,28 +95,18 @@ class TaskDataModule(pl.LightningDataModule):
     batches one process with micro-batch N*B sees.
     """
 
-    def __init__(
-        self,
-        task: Task,
-        splits: Splits,
-        prompt: PromptConfig,
-        method: MethodConfig,
-        seed: int,
-        tokenizer: Any,
-        max_length: int,
-        classifier: bool,
-    ):
+    def __init__(self, spec: DataSpec, tokenizer: Any, max_length: int, classifier: bool):
         super().__init__()
-        self.prompt, self.method, self.seed, self.tokenizer = prompt, method, seed, tokenizer
+        self.prompt, self.method, self.seed, self.tokenizer = spec.prompt, spec.method, spec.seed, tokenizer
         self.max_length, self.classifier = max_length, classifier
         self.train_set: Any = None
         self.dev_set: Any = None
         self.dev_examples: list[Any] = []
         self._sampler: ShardedOrder | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, indices of it already trained on)
-        self.splits = splits
-        self.task = splits.view(task, splits.test)  # demos come from the train part only
-        self.train_rows, self.dev_rows = self.splits.train, self.splits.dev
+        self.splits = spec.splits
+        self.task = spec.splits.view(spec.task, spec.splits.test)  # demos come from the train part only
+        self.train_rows, self.dev_rows = spec.splits.train, spec.splits.dev
 
     # ------------------------------------------------------------ building
 

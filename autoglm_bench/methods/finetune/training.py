@@ -22,7 +22,7 @@ from ...lm.hf import resolve_device
 from ...prompts import chat_tokenizer
 from ..evaluate import choice_predictions, score_examples
 from .callbacks import TrainStats
-from .data import TaskDataModule, split_rows
+from .data import DataSpec, TaskDataModule, split_rows
 from .module import FinetuneModule, trainable_parameters
 from .vlm_data import VisionTaskDataModule
 
@@ -74,11 +74,11 @@ def finetune(
     model, tokenizer = load_for_training(run.model, run.peft, num_labels=n_choices if classifier else None)
     max_length = min(run.model.max_length, getattr(model.config, "max_position_embeddings", None) or 10**9)
     splits = split_rows(prepared, run.method.train_size, run.limit, run.dev_size)
-    rows = (task, splits, run.prompt, run.method, run.seed)
+    spec = DataSpec(task, splits, run.prompt, run.method, run.seed)
     if task.cfg.images:  # a vision-language model: ``tokenizer`` is its processor
-        data: TaskDataModule = VisionTaskDataModule(*rows, tokenizer, model, max_length)
+        data: TaskDataModule = VisionTaskDataModule(spec, tokenizer, model, max_length)
     else:
-        data = TaskDataModule(*rows, tokenizer, max_length, classifier)
+        data = TaskDataModule(spec, tokenizer, max_length, classifier)
     data.setup()
     module = FinetuneModule(
         model,

@@ -17,31 +17,18 @@ from typing import Any
 
 import torch
 
-from ...config import MethodConfig, PromptConfig
-from ...data.splits import Splits
-from ...data.tasks import Task
 from ...lm.hf_vlm import HFVLM
 from ...lm.vlm import GLM4V_FAMILY
 from ...prompts import chat_tokenizer, example_inputs
-from .data import IGNORE, TaskDataModule, pad_batch
+from .data import IGNORE, DataSpec, TaskDataModule, pad_batch
 
 
 class VisionTaskDataModule(TaskDataModule):
     """Training and dev batches of an image task for a vision-language model; ``processor`` is the model's
     (its ``tokenizer`` formats chat prompts). ``model`` gives the image placeholder of its architecture."""
 
-    def __init__(
-        self,
-        task: Task,
-        splits: Splits,
-        prompt: PromptConfig,
-        method: MethodConfig,
-        seed: int,
-        processor: Any,
-        model: Any,
-        max_length: int,
-    ):
-        super().__init__(task, splits, prompt, method, seed, processor.tokenizer, max_length, classifier=False)
+    def __init__(self, spec: DataSpec, processor: Any, model: Any, max_length: int):
+        super().__init__(spec, processor.tokenizer, max_length, classifier=False)
         self.processor = processor
         self.lm = HFVLM(model.config.model_type, model, processor, "cpu", torch.float32, "training", max_length)
 
