@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ...config import CONF_DIR, ModelConfig, RunConfig, SearchConfig
+from ...config import CONF_DIR, ModelConfig, ProposalConfig, RunConfig, SearchConfig
 from ...data.prepare import prepare
 from ...data.splits import Splits
 from ...lm import LM, load, open_cache
@@ -173,13 +173,14 @@ def best_trial(study: Any) -> Any:
     return max(front, key=lambda t: (t.values[0], -t.values[-1] if len(t.values) > 1 else 0.0))
 
 
-def load_proposer(run: RunConfig, lm: LM) -> LM:
-    if run.search.proposal.model is None:
+def load_proposer(proposal: ProposalConfig, lm: LM) -> LM:
+    """The model that proposes instructions: ``proposal.model`` (a conf/model option), or ``lm`` itself."""
+    if proposal.model is None:
         return lm
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.merge(
-        OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{run.search.proposal.model}.yaml")
+        OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{proposal.model}.yaml")
     )
     return load(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
 
@@ -217,7 +218,7 @@ def run_prompt_search(run: RunConfig, run_dir: Path) -> dict[str, Any]:
         batch_size=run.method.batch_size,
         embed=minilm_embedder() if needs_embeddings else None,
     )
-    proposer = load_proposer(run, lm) if PROPOSED in space.instructions else None
+    proposer = load_proposer(run.search.proposal, lm) if PROPOSED in space.instructions else None
     load_s = time.perf_counter() - start
 
     if not study.get_trials(deepcopy=False):
