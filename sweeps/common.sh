@@ -42,3 +42,12 @@ machine_line() {
     os="$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") ($(uname -sr))"
     echo "$cpu, $(grep -c ^processor /proc/cpuinfo) cores${gpu:+, GPU $gpu}; $os"
 }
+
+# The header's "Made by one command" block for script $1: its command line with the QUICK and ALLOW_DIRTY it
+# ran under and, first, the settings $2 (e.g. "MODEL=x TRAINER=gpu") where they differ from its defaults.
+command_block() {
+    local cmd="bash sweeps/$1" var
+    for var in QUICK ALLOW_DIRTY; do [[ -z "${!var:-}" ]] || cmd="$var=${!var} $cmd"; done
+    [[ -z "${2:-}" ]] || cmd="$2 $cmd"
+    printf 'Made by one command from the repository root:\n\n```bash\n%s\n```\n\n' "$cmd"
+}

@@ -98,8 +98,6 @@ python -m autoglm_bench.report "${runs[@]}" --rows task.name --cols tag --metric
 WALL=$((SECONDS - START))
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-cmd="bash sweeps/digits_tiny_glm4v_cpu.sh"
-for var in QUICK ALLOW_DIRTY; do [[ -z "${!var:-}" ]] || cmd="$var=${!var} $cmd"; done
 table="$(cat "$RESULTS.md")"
 {
     echo "# digits: zero-shot vs prompt search vs projector vs LoRA vs full (tiny_glm4v, CPU)"
@@ -108,12 +106,7 @@ table="$(cat "$RESULTS.md")"
         echo "**QUICK=1**: a smoke run of the whole path on tiny settings; its numbers mean nothing."
         echo
     fi
-    echo "Made by one command from the repository root:"
-    echo
-    echo '```bash'
-    echo "$cmd"
-    echo '```'
-    echo
+    command_block digits_tiny_glm4v_cpu.sh
     echo "- git commit: \`$COMMIT\` (every run records it in results.json \`env.git_commit\`; the report refuses mixed or dirty commits)"
     echo "- packages: $(packages_line)"
     echo "- machine: $(machine_line); OMP_NUM_THREADS=$OMP_NUM_THREADS, one run at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"

@@ -256,15 +256,9 @@ table="$(cat "$RESULTS.md")"
         echo "**QUICK=1**: a smoke run of the whole path (sweeps, seeds, report) on tiny settings; its numbers mean nothing."
         echo
     fi
-    echo "Made by one command from the repository root:"
-    echo
-    echo '```bash'
-    cmd="bash sweeps/peft_minilm_cpu.sh"
-    for var in QUICK ALLOW_DIRTY; do [[ -z "${!var:-}" ]] || cmd="$var=${!var} $cmd"; done
-    [[ "$MODEL" == minilm && "$TRAINER" == cpu ]] || cmd="MODEL=$MODEL TRAINER=$TRAINER $cmd"
-    echo "$cmd"
-    echo '```'
-    echo
+    settings=""
+    [[ "$MODEL" == minilm && "$TRAINER" == cpu ]] || settings="MODEL=$MODEL TRAINER=$TRAINER"
+    command_block peft_minilm_cpu.sh "$settings"
     echo "- git commit: \`$commit\` (every run records it in results.json \`env.git_commit\`, and the report refuses mixed or dirty commits)"
     echo "- packages: $(packages_line)"
     echo "- machine: $(machine_line); OMP_NUM_THREADS=$OMP_NUM_THREADS, $LANES cells at a time; load average (1/5/15 min) $LOAD_START at the start, $LOAD_END at the end (other users' jobs share the cores)"
